@@ -1,0 +1,404 @@
+"""The training engine every trainer and distiller shares.
+
+One loop: micro-batches with gradient accumulation, autocast, gradient clipping, an LR
+scheduler, a progress bar, ``metrics.jsonl``, checkpoints and exact resume. Distillers differ
+only in :meth:`Engine.compute_losses`: how they turn a batch into named loss terms.
+
+Exact resume: a checkpoint stores the model, optimizer, scheduler, grad scaler, loss-plan
+projections, every RNG state, the data position (epoch, micro-batches consumed) and the RNG
+states the data loader drew its order from at the start of that epoch. On resume the loader
+order is replayed from those states, the consumed micro-batches are skipped, and the RNG states
+of the moment of the checkpoint are restored, so on CPU the resumed run ends with the same
+weights, bit for bit, as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kd_core.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from kd_core.config import TrainingConfig
+from kd_core.errors import ConfigError, KDError, NonFiniteLossError
+from kd_core.features import Adaptor, as_adaptor, to_device
+
+Callback = Callable[..., Any]
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Engine.train` returns."""
+
+    global_step: int
+    loss: float | None
+    last_checkpoint: Path | None
+    output_dir: Path
+
+
+@dataclass
+class _Position:
+    global_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy (if installed) and torch."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    np.random.seed(seed % 2**32)
+
+
+class Engine:
+    """Base of :class:`~kd_core.distillers.BasicTrainer` and the distillers.
+
+    Subclasses implement :meth:`compute_losses`. ``train`` follows TextBrewer's call shape.
+    """
+
+    def __init__(self, train_config: TrainingConfig, model_S: nn.Module,
+                 adaptor_S: Adaptor | Callable[[Any, Any], Any]) -> None:
+        if not isinstance(train_config, TrainingConfig):
+            raise TypeError(f"train_config must be a kd_core.TrainingConfig, got {type(train_config).__name__}")
+        self.t_config = train_config
+        self.model_S = model_S
+        self.adaptor_S = as_adaptor(adaptor_S)
+        self.device = torch.device(train_config.device)
+        self.output_dir = Path(train_config.output_dir)
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def compute_losses(self, batch: Any, progress: float) -> dict[str, torch.Tensor]:
+        """Named loss terms for one micro-batch (already on the device)."""
+        raise NotImplementedError
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Trainable modules besides the student (projections), saved in checkpoints."""
+        return {}
+
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups added automatically at the start of training."""
+        return []
+
+    def prepare(self) -> None:
+        """Move models to the device and set their modes before training."""
+        self.model_S.to(self.device).train()
+        for module in self.extra_modules().values():
+            module.to(self.device).train()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def train(
+        self,
+        optimizer: torch.optim.Optimizer,
+        dataloader: Any,
+        num_epochs: int | None = None,
+        num_steps: int | None = None,
+        scheduler_class: Callable[..., Any] | None = None,
+        scheduler_args: dict[str, Any] | None = None,
+        scheduler: Any = None,
+        max_grad_norm: float = -1.0,
+        callback: Callback | None = None,
+        batch_postprocessor: Callable[[Any], Any] | None = None,
+        resume: bool | str | Path = False,
+        **kwargs: Any,
+    ) -> TrainResult:
+        """Train for ``num_epochs`` epochs or ``num_steps`` optimizer steps.
+
+        ``scheduler_class(optimizer, **scheduler_args)`` is built after the projections' parameter
+        groups join the optimizer (prefer it to ``scheduler``). ``callback(model=..., step=...)``
+        runs after every checkpoint. ``resume=True`` continues from the newest checkpoint under
+        ``output_dir/checkpoints`` (a path picks one).
+        """
+        if kwargs:
+            raise TypeError(f"train() got unexpected arguments: {', '.join(sorted(kwargs))}")
+        if (num_epochs is None) == (num_steps is None):
+            raise ConfigError("train() needs exactly one of num_epochs and num_steps")
+        t = self.t_config
+        accum = t.gradient_accumulation_steps
+        epoch_len = _length(dataloader)
+        if num_steps is None and epoch_len is None:
+            raise ConfigError("the dataloader has no length, so train() needs num_steps, not num_epochs")
+        steps_per_epoch = math.ceil(epoch_len / accum) if epoch_len else None
+        if epoch_len == 0:
+            raise ConfigError("the dataloader is empty: there is nothing to train on")
+        total_steps = num_steps if num_steps is not None else num_epochs * steps_per_epoch
+        if t.mixed_precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("training.mixed_precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
+
+        self.prepare()
+        _add_param_groups(optimizer, self.extra_param_groups())
+        if scheduler_class is not None:
+            if scheduler is not None:
+                raise ConfigError("pass either scheduler or scheduler_class, not both")
+            scheduler = scheduler_class(optimizer, **(scheduler_args or {}))
+        scaler = torch.amp.GradScaler("cuda") if t.mixed_precision == "fp16" else None
+
+        position = _Position()
+        resume_state = None
+        if resume:
+            path = latest_checkpoint(self.output_dir / CHECKPOINTS_DIR) if resume is True else Path(resume)
+            if path is None:
+                raise KDError(f"--resume: no checkpoint found under {self.output_dir / CHECKPOINTS_DIR}")
+            resume_state = self._restore(path, optimizer, scheduler, scaler, total_steps, accum, epoch_len)
+            position = _Position(resume_state["global_step"], resume_state["epoch"],
+                                 resume_state["batch_in_epoch"])
+        elif t.seed is not None:
+            seed_everything(t.seed)
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        metrics = _MetricsLog(self.output_dir / METRICS_FILE, truncate_after=position.global_step)
+        bar = tqdm(total=total_steps, initial=position.global_step, disable=not t.progress,
+                   desc=type(self).__name__, unit="step", dynamic_ncols=True, mininterval=0.5)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        autocast = torch.autocast(self.device.type, dtype=t.autocast_dtype,
+                                  enabled=t.autocast_dtype is not None)
+        last_loss: float | None = None
+        last_checkpoint: Path | None = None
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        pending = 0
+        optimizer.zero_grad(set_to_none=True)
+
+        try:
+            while position.global_step < total_steps:
+                iterator, epoch_rng = self._epoch_iterator(dataloader, position, resume_state)
+                resume_state = None
+                for batch in iterator:
+                    position.batch_in_epoch += 1
+                    if batch_postprocessor is not None:
+                        batch = batch_postprocessor(batch)
+                    batch = to_device(batch, self.device)
+                    progress = position.global_step / total_steps
+                    with autocast:
+                        terms = self.compute_losses(batch, progress)
+                    total = _checked_total(terms, position.global_step + 1)
+                    loss = total / accum
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    for name, value in terms.items():
+                        sums[name] = sums.get(name, 0.0) + float(value.detach()) / accum
+                    sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) / accum
+                    pending += 1
+                    end_of_epoch = epoch_len is not None and position.batch_in_epoch >= epoch_len
+                    if pending < accum and not end_of_epoch:
+                        continue
+                    self._optimizer_step(optimizer, scheduler, scaler, params, max_grad_norm)
+                    position.global_step += 1
+                    step_in_epoch = math.ceil(position.batch_in_epoch / accum)
+                    epoch_done = position.epoch + 1
+                    if end_of_epoch:
+                        position.epoch += 1
+                        position.batch_in_epoch = 0
+                    last_loss = sums["loss"]
+                    metrics.write({
+                        "step": position.global_step,
+                        "epoch": position.epoch + (position.batch_in_epoch / epoch_len if epoch_len else 0),
+                        **sums,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "elapsed_s": round(time.perf_counter() - started, 3),
+                    })
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+                    sums, pending = {}, 0
+                    if self._checkpoint_due(position.global_step, total_steps, step_in_epoch,
+                                            steps_per_epoch, epoch_done, end_of_epoch):
+                        last_checkpoint = self._save(position, optimizer, scheduler, scaler,
+                                                     epoch_rng, total_steps, accum, epoch_len)
+                        if callback is not None:
+                            callback(model=self.model_S, step=position.global_step)
+                            self.model_S.train()
+                    if position.global_step >= total_steps or end_of_epoch:
+                        break
+                else:
+                    if epoch_len is None:  # an iterable without length ran out: a new epoch
+                        position.epoch += 1
+                        position.batch_in_epoch = 0
+                if num_epochs is not None and position.epoch >= num_epochs:
+                    break
+        finally:
+            bar.close()
+            metrics.close()
+        return TrainResult(position.global_step, last_loss, last_checkpoint, self.output_dir)
+
+    # -- pieces of the loop --------------------------------------------------------------------
+
+    def _epoch_iterator(self, dataloader: Any, position: _Position,
+                        resume_state: dict[str, Any] | None) -> tuple[Iterator[Any], dict[str, Any]]:
+        """An iterator over this epoch's remaining batches, and the epoch-start RNG states."""
+        if resume_state is None or position.batch_in_epoch == 0:
+            if resume_state is not None:
+                set_rng_state(resume_state["rng"])
+            epoch_rng = _loader_rng_state(dataloader)
+            return iter(dataloader), epoch_rng
+        epoch_rng = resume_state["epoch_rng"]
+        _set_loader_rng_state(dataloader, epoch_rng)
+        iterator = iter(dataloader)
+        for _ in range(position.batch_in_epoch):
+            next(iterator)
+        set_rng_state(resume_state["rng"])
+        return iterator, epoch_rng
+
+    def _optimizer_step(self, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                        params: list[torch.Tensor], max_grad_norm: float) -> None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if max_grad_norm is not None and max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _checkpoint_due(self, step: int, total_steps: int, step_in_epoch: int,
+                        steps_per_epoch: int | None, epoch: int, end_of_epoch: bool) -> bool:
+        t = self.t_config
+        if step >= total_steps:
+            return True
+        if t.ckpt_steps is not None:
+            return step % t.ckpt_steps == 0
+        if steps_per_epoch is None or epoch % t.ckpt_epoch_frequency != 0:
+            return False
+        interval = max(1, steps_per_epoch // t.ckpt_frequency)
+        return step_in_epoch % interval == 0 or end_of_epoch
+
+    def _save(self, position: _Position, optimizer: torch.optim.Optimizer, scheduler: Any,
+              scaler: Any, epoch_rng: dict[str, Any], total_steps: int, accum: int,
+              epoch_len: int | None) -> Path:
+        state = {
+            "global_step": position.global_step,
+            "epoch": position.epoch,
+            "batch_in_epoch": position.batch_in_epoch,
+            "total_steps": total_steps,
+            "gradient_accumulation_steps": accum,
+            "epoch_len": epoch_len,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "extra": {name: m.state_dict() for name, m in self.extra_modules().items()},
+            "rng": rng_state(),
+            "epoch_rng": epoch_rng,
+        }
+        root = self.output_dir / CHECKPOINTS_DIR
+        path = save_checkpoint(root, position.global_step, self.model_S.state_dict(), state)
+        if self.t_config.keep_checkpoints is not None:
+            for old in list_checkpoints(root)[: -self.t_config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def _restore(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                 total_steps: int, accum: int, epoch_len: int | None) -> dict[str, Any]:
+        model_state, state = load_checkpoint(path)
+        expected = {"total_steps": total_steps, "gradient_accumulation_steps": accum, "epoch_len": epoch_len}
+        changed = {k: (state[k], v) for k, v in expected.items() if state[k] != v}
+        if changed:
+            detail = ", ".join(f"{k} was {old}, now {new}" for k, (old, new) in changed.items())
+            raise KDError(f"cannot resume from {path}: the run changed ({detail}); "
+                          "resume with the same data, steps and accumulation, or start afresh")
+        self.model_S.load_state_dict(model_state)
+        for name, module in self.extra_modules().items():
+            module.load_state_dict(state["extra"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        return state
+
+
+def _checked_total(terms: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+    if not terms:
+        raise ConfigError("the loss plan has no terms: every weight is zero and no match is configured")
+    total = None
+    for name, value in terms.items():
+        if not torch.isfinite(value.detach()).all():
+            raise NonFiniteLossError(
+                f"loss term {name!r} is {float(value.detach())} at step {step}; lower the learning "
+                "rate, check the inputs, or use mixed_precision 'bf16' instead of 'fp16'")
+        total = value if total is None else total + value
+    return total
+
+
+def _add_param_groups(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:
+    present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for group in groups:
+        if not any(id(p) in present for p in group["params"]):
+            optimizer.add_param_group(group)
+
+
+def _length(dataloader: Any) -> int | None:
+    try:
+        return len(dataloader)
+    except TypeError:
+        return None
+
+
+def _loader_generators(dataloader: Any) -> list[torch.Generator]:
+    found = []
+    for owner in (dataloader, getattr(dataloader, "sampler", None),
+                  getattr(getattr(dataloader, "batch_sampler", None), "sampler", None)):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
+
+
+def _loader_rng_state(dataloader: Any) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(),
+            "generators": [g.get_state() for g in _loader_generators(dataloader)]}
+
+
+def _set_loader_rng_state(dataloader: Any, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    for generator, saved in zip(_loader_generators(dataloader), state["generators"], strict=True):
+        generator.set_state(saved)
+
+
+class _MetricsLog:
+    """``metrics.jsonl``: one JSON object per optimizer step, appended and flushed."""
+
+    def __init__(self, path: Path, truncate_after: int) -> None:
+        kept = []
+        if path.exists() and truncate_after > 0:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= truncate_after:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()

@@ -1,0 +1,116 @@
+"""Features: what an adaptor extracts from a model's forward pass, and how models are run.
+
+Features are a plain dict with TextBrewer's adaptor keys plus kd's:
+
+- ``logits``: [B, C] or [B, L, C] tensor (or a list of them); ``logits_mask``: [B] / [B, L] rows
+  that count (1 = real);
+- ``labels``: gold labels for the hard-label loss; ``losses``: losses the model computed itself;
+- ``hidden``: per-layer [B, L, D] states (index 0 = embeddings); ``attention``: per-layer
+  [B, H, L, L] probabilities; ``attention_scores``: pre-softmax; ``q``, ``k``, ``v``: per-layer
+  [B, H, L, d];
+- ``inputs_mask``: [B, L] (1 = real token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+Features = dict[str, Any]
+
+FEATURE_KEYS = ("logits", "logits_mask", "labels", "losses", "hidden", "attention",
+                "attention_scores", "q", "k", "v", "inputs_mask")
+
+
+@dataclass
+class FeatureNeeds:
+    """What a LossPlan reads from one side: feature name -> layer indices (empty for logits).
+
+    Adaptors use it to compute only what is read (hidden states, hooks on chosen layers).
+    """
+
+    layers: dict[str, set[int]] = field(default_factory=dict)
+
+    def add(self, feature: str, layers: int | list[int] | None = None) -> None:
+        """Record that ``feature`` is read, at ``layers`` if given."""
+        slot = self.layers.setdefault(feature, set())
+        if layers is not None:
+            slot.update([layers] if isinstance(layers, int) else layers)
+
+    def __contains__(self, feature: object) -> bool:
+        return feature in self.layers
+
+
+class Adaptor:
+    """Base class of kd adaptors: run a model on a batch and return its Features.
+
+    Subclasses override :meth:`__call__` (TextBrewer's ``adaptor(batch, model_outputs)``) and,
+    when they need to prepare the model (request hidden states, install hooks), :meth:`run`.
+    """
+
+    def run(self, model: nn.Module, batch: Any, needs: FeatureNeeds) -> Features:
+        """Run ``model`` on ``batch`` and extract the features in ``needs``."""
+        return self(batch, call_model(model, batch))
+
+    def __call__(self, batch: Any, model_outputs: Any) -> Features:
+        raise NotImplementedError
+
+
+class FunctionAdaptor(Adaptor):
+    """A TextBrewer-style function ``adaptor(batch, model_outputs) -> dict`` as an Adaptor."""
+
+    def __init__(self, function: Callable[[Any, Any], Mapping[str, Any]]) -> None:
+        self.function = function
+
+    def __call__(self, batch: Any, model_outputs: Any) -> Features:
+        features = self.function(batch, model_outputs)
+        if not isinstance(features, Mapping):
+            raise TypeError(
+                f"adaptor {getattr(self.function, '__name__', self.function)!r} returned "
+                f"{type(features).__name__}; an adaptor must return a dict of features "
+                f"with keys such as {', '.join(FEATURE_KEYS[:5])}"
+            )
+        return dict(features)
+
+
+class FeaturesAdaptor(Adaptor):
+    """For models whose forward already returns a Features mapping (registered as ``features``)."""
+
+    def __call__(self, batch: Any, model_outputs: Any) -> Features:
+        if not isinstance(model_outputs, Mapping):
+            raise TypeError(
+                f"the 'features' adaptor expects the model to return a dict of features, "
+                f"got {type(model_outputs).__name__}; write an adaptor for this model instead"
+            )
+        return dict(model_outputs)
+
+
+def as_adaptor(adaptor: Adaptor | Callable[[Any, Any], Mapping[str, Any]]) -> Adaptor:
+    """Accept a kd Adaptor or a TextBrewer-style function."""
+    return adaptor if isinstance(adaptor, Adaptor) else FunctionAdaptor(adaptor)
+
+
+def call_model(model: nn.Module, batch: Any) -> Any:
+    """TextBrewer's calling convention: ``model(**batch)`` for dicts, ``model(*batch)`` otherwise."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (list, tuple)):
+        return model(*batch)
+    return model(batch)
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Move every tensor in a nested batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(to_device(v, device) for v in batch)
+    if isinstance(batch, list):
+        return [to_device(v, device) for v in batch]
+    return batch

@@ -1,0 +1,60 @@
+"""Temperature and weight schedulers: the protocols, and the constant scheduler kd-core ships.
+
+A registered scheduler is a factory called with the arguments of its config spec (TextBrewer's
+``["flsw", beta, gamma]`` calls ``factory(beta, gamma)``) returning an object with either or both
+of:
+
+- ``temperature(logits_S, logits_T, base_temperature) -> float | Tensor`` (a per-row tensor for
+  dynamic temperatures);
+- ``weight(base_weight, progress) -> float`` with ``progress = step / total_steps`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from kd_core.errors import ConfigError
+
+
+@runtime_checkable
+class TemperatureScheduler(Protocol):
+    """Chooses the distillation temperature from the logits of both sides."""
+
+    def temperature(self, logits_S: torch.Tensor, logits_T: torch.Tensor,
+                    base_temperature: float) -> float | torch.Tensor: ...
+
+
+@runtime_checkable
+class WeightScheduler(Protocol):
+    """Scales a loss weight with training progress."""
+
+    def weight(self, base_weight: float, progress: float) -> float: ...
+
+
+class ConstantScheduler:
+    """Keeps the configured temperature or weight (TextBrewer's ``"none"``)."""
+
+    def temperature(self, logits_S: torch.Tensor, logits_T: torch.Tensor,
+                    base_temperature: float) -> float:
+        return base_temperature
+
+    def weight(self, base_weight: float, progress: float) -> float:
+        return base_weight
+
+
+def build_scheduler(spec: str | list[Any], role: str, where: str) -> Any:
+    """Resolve a config's scheduler spec into an object with the method ``role``."""
+    from kd_core.plugins import lookup
+
+    name, args = (spec, []) if isinstance(spec, str) else (spec[0], list(spec[1:]))
+    if name == "none":
+        name = "constant"
+    try:
+        scheduler = lookup("schedulers", name)(*args)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: scheduler {name!r} does not take arguments {args}: {exc}") from exc
+    if not callable(getattr(scheduler, role, None)):
+        raise ConfigError(f"{where}: scheduler {name!r} is not a {role} scheduler")
+    return scheduler
