@@ -1,0 +1,85 @@
+"""kd-core's subcommands: ``plugins``, ``distill``, ``train`` and ``demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from kd_core.checkpoint import write_text_atomic
+from kd_core.plugins import registry, skipped_plugins
+from kd_core.recipe import load_recipe, recipe_to_yaml, run_distill, run_train
+from kd_core.registry import KINDS
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_command(as_json: bool) -> None:
+    """List every registered name with its kind and provider."""
+    rows = [
+        {"kind": kind, "name": entry.name, "provider": entry.provider.distribution or entry.provider.module,
+         "module": entry.provider.module}
+        for kind in KINDS for entry in registry(kind).entries()
+    ]
+    skipped = [{"name": s.name, "distribution": s.distribution, "reason": s.reason} for s in skipped_plugins()]
+    if as_json:
+        click.echo(json.dumps({"registered": rows, "skipped": skipped}, indent=2))
+        return
+    widths = [max([len(h)] + [len(r[k]) for r in rows]) for h, k in
+              (("KIND", "kind"), ("NAME", "name"), ("PROVIDER", "provider"))]
+    click.echo(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'PROVIDER':<{widths[2]}}  MODULE")
+    for r in rows:
+        click.echo(f"{r['kind']:<{widths[0]}}  {r['name']:<{widths[1]}}  {r['provider']:<{widths[2]}}  {r['module']}")
+    for s in skipped:
+        click.echo(f"skipped plugin {s['name']} ({s['distribution']}): {s['reason']}", err=True)
+
+
+def _run_options(function):  # noqa: ANN001, ANN202 (click decorator plumbing)
+    function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                            help="Override a recipe field, e.g. --set training.num_steps=100.")(function)
+    function = click.option("--resume", is_flag=True,
+                            help="Continue from the newest checkpoint in the output directory.")(function)
+    function = click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
+                            default=None, help="Where outputs go (default: runs/<recipe name>).")(function)
+    return click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))(function)
+
+
+@click.command("distill")
+@_run_options
+def distill_command(recipe: Path, output_dir: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
+    """Distill a teacher into a student as the RECIPE (YAML/JSON) says."""
+    parsed, base_dir = load_recipe(recipe, list(overrides))
+    output_dir = output_dir or Path("runs") / recipe.stem
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output_dir / "recipe.yaml", recipe_to_yaml(parsed))
+    report = run_distill(parsed, output_dir, base_dir, resume=resume)
+    click.echo(json.dumps(report, indent=2))
+    click.echo(f"student saved to {output_dir / 'student'}; report at {output_dir / 'report.json'}")
+
+
+@click.command("train")
+@_run_options
+def train_command(recipe: Path, output_dir: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
+    """Fine-tune the RECIPE's teacher on its labelled data."""
+    parsed, base_dir = load_recipe(recipe, list(overrides))
+    output_dir = output_dir or Path("runs") / recipe.stem
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output_dir / "recipe.yaml", recipe_to_yaml(parsed))
+    report = run_train(parsed, output_dir, base_dir, resume=resume)
+    click.echo(json.dumps(report, indent=2))
+    click.echo(f"model saved to {output_dir / 'model'}; report at {output_dir / 'report.json'}")
+
+
+@click.command("demo")
+@click.option("--quick", is_flag=True, help="A smaller run that finishes in under 3 minutes on 2 CPU cores.")
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("kd-demo-output"), show_default=True)
+def demo_command(quick: bool, output_dir: Path) -> None:
+    """Fine-tune the bundled MiniLM teacher on SST-2 and distill it into small students."""
+    from kd_core.demo import run_demo
+
+    run_demo(output_dir, quick=quick, echo=click.echo)
+
+
+BUILTIN_COMMANDS = (plugins_command, distill_command, train_command, demo_command)

@@ -1,0 +1,51 @@
+"""Reading labelled examples from TSV, CSV and JSONL files (standard library only)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from kd_core.errors import ConfigError
+
+FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+def resolve_path(path: str | Path, base_dir: Path | None, where: str) -> Path:
+    """Resolve a data path: absolute as is; relative against ``base_dir`` (the recipe's folder),
+    then the working directory. Fails naming every place it looked."""
+    candidate = Path(path).expanduser()
+    tried = [candidate] if candidate.is_absolute() else \
+        [p for p in ((base_dir / candidate) if base_dir else None, Path.cwd() / candidate) if p]
+    for option in tried:
+        if option.is_file():
+            return option.resolve()
+    raise ConfigError(f"{where}: file {str(path)!r} not found (looked at {', '.join(map(str, tried))})")
+
+
+def read_examples(path: Path, columns: list[str], limit: int | None = None,
+                  format: str = "auto", where: str = "data") -> list[dict[str, Any]]:
+    """Rows of a TSV/CSV/JSONL file as dicts, keeping only ``columns`` (all must exist)."""
+    kind = FORMATS.get(path.suffix.lower()) if format == "auto" else format
+    if kind is None:
+        raise ConfigError(f"{where}: cannot tell the format of {path.name}; "
+                          f"set format to one of tsv, csv, jsonl")
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8", newline="") as handle:
+        if kind == "jsonl":
+            records = (json.loads(line) for line in handle if line.strip())
+        else:
+            records = csv.DictReader(handle, delimiter="\t" if kind == "tsv" else ",",
+                                     quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL)
+        for number, record in enumerate(records, start=1):
+            missing = [c for c in columns if c not in record]
+            if missing:
+                raise ConfigError(f"{where}: {path.name} row {number} has no column(s) "
+                                  f"{', '.join(missing)}; its columns are {', '.join(record)}")
+            rows.append({c: record[c] for c in columns})
+            if limit is not None and len(rows) >= limit:
+                break
+    if not rows:
+        raise ConfigError(f"{where}: {path} holds no examples")
+    return rows

@@ -1,0 +1,306 @@
+"""Recipes: one YAML/JSON file that names every part of a run, and the runs it drives.
+
+A recipe has the sections ``task``, ``data``, ``teacher``, ``student``, ``training``,
+``distillation`` (a :class:`~kd_core.config.DistillationConfig`) and ``eval``. ``kd distill``
+runs :func:`run_distill`; ``kd train`` runs :func:`run_train` (fine-tunes the teacher).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import Field, model_validator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kd_core.checkpoint import write_text_atomic
+from kd_core.config import ConfigModel, DistillationConfig, TrainingConfig
+from kd_core.distillers import BasicTrainer, GeneralDistiller
+from kd_core.engine import seed_everything
+from kd_core.errors import ConfigError
+from kd_core.features import Adaptor, FeatureNeeds
+from kd_core.metrics import compute_metric
+from kd_core.plugins import lookup
+from kd_core.tasks import PreparedData, Task
+
+REPORT_FILE = "report.json"
+
+
+class DataFile(ConfigModel):
+    """One labelled file: TSV, CSV or JSONL with a text column (or a pair) and a label column."""
+
+    path: str
+    text: str | list[str]
+    label: str
+    limit: int | None = Field(None, ge=1)
+    format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"
+
+    @property
+    def text_columns(self) -> list[str]:
+        """The text column, or the two columns of a sentence pair."""
+        columns = [self.text] if isinstance(self.text, str) else list(self.text)
+        if not 1 <= len(columns) <= 2:
+            raise ConfigError(f"data text must name one column or a pair, got {self.text}")
+        return columns
+
+
+class DataSpec(ConfigModel):
+    """Training and evaluation data, and the tokenizer's maximum length."""
+
+    train: DataFile
+    eval: DataFile | None = None
+    max_length: int = Field(128, ge=2)
+
+
+class ModelSpec(ConfigModel):
+    """A teacher: a Hugging Face path (``package:NAME`` for a model shipped in a Python
+    package with ``get_model_path()``), and its number of labels."""
+
+    model: str
+    num_labels: int | None = Field(None, ge=1)
+
+
+class StudentSpec(ConfigModel):
+    """A student: a registered ``preset``, a ``config`` that overrides the teacher's config, or
+    a ``model`` path; ``init`` names a registered initializer."""
+
+    model: str | None = None
+    config: dict[str, Any] | None = None
+    preset: str | None = None
+    init: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentSpec:
+        given = [k for k in ("model", "config", "preset") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of model, config, preset; got {', '.join(given)}")
+        return self
+
+
+class TrainingSpec(ConfigModel):
+    """Optimisation settings of a recipe."""
+
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    num_steps: int | None = Field(None, ge=1)
+    num_epochs: int | None = Field(None, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    ckpt_steps: int | None = Field(None, ge=1)
+    keep_checkpoints: int | None = Field(None, ge=1)
+    seed: int = 0
+    device: str = "cpu"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainingSpec:
+        if (self.num_steps is None) == (self.num_epochs is None):
+            raise ValueError("give exactly one of num_steps and num_epochs")
+        return self
+
+
+class EvalSpec(ConfigModel):
+    """How the report measures models: the metric and the batch size for latency."""
+
+    metric: Literal["accuracy", "matthews", "macro_f1"] = "accuracy"
+    batch_size: int = Field(32, ge=1)
+
+
+class Recipe(ConfigModel):
+    """A whole run. See the README for a commented example."""
+
+    task: str
+    data: DataSpec
+    teacher: ModelSpec
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    training: TrainingSpec
+    distillation: DistillationConfig = Field(default_factory=DistillationConfig)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, Path]:
+    """Read a YAML/JSON recipe, apply ``key.path=value`` overrides, validate; also return its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) or {}
+    for override in overrides:
+        apply_override(data, override)
+    return Recipe.from_dict(data, where=str(path)), path.parent.resolve()
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``3``, ``true``, ``[1, 2]``)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {override!r}: write it as key.path=value")
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {override!r}: {'.'.join(parts[: i + 1])} is not a section")
+    value = yaml.safe_load(raw)
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def task_for(recipe: Recipe) -> Task:
+    """The registered task the recipe names."""
+    try:
+        return lookup("tasks", recipe.task)
+    except LookupError as exc:
+        raise ConfigError(f"task: {exc}") from None
+
+
+def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = None,
+              resume: bool = False) -> dict[str, Any]:
+    """Fine-tune the recipe's teacher on its labelled data (``kd train``).
+
+    Writes ``output_dir/model`` (the trained model), ``metrics.jsonl``, checkpoints and
+    ``report.json`` with the eval metric; returns the report.
+    """
+    output_dir = Path(output_dir)
+    task = task_for(recipe)
+    seed_everything(recipe.training.seed)
+    model = task.load_teacher(recipe.teacher)
+    data = task.prepare_data(recipe.data, recipe.teacher, base_dir)
+    adaptor = task.adaptor(model)
+    trainer = BasicTrainer(_training_config(recipe, output_dir), model, adaptor)
+    _fit(trainer, model, recipe, data, resume)
+    task.save_model(model, output_dir / "model", recipe.teacher)
+    report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
+    if data.eval is not None:
+        report["model"] = measure(model, adaptor, data, recipe)
+    write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = None,
+                resume: bool = False) -> dict[str, Any]:
+    """Distill the recipe's teacher into its student (``kd distill``).
+
+    Writes ``output_dir/student`` (save_pretrained, safetensors), ``metrics.jsonl``,
+    ``checkpoints/`` and ``report.json``; returns the report.
+    """
+    output_dir = Path(output_dir)
+    task = task_for(recipe)
+    seed_everything(recipe.training.seed)
+    teacher = task.load_teacher(recipe.teacher)
+    data = task.prepare_data(recipe.data, recipe.teacher, base_dir)
+    student = task.build_student(recipe.student, teacher)
+    if recipe.student.init is not None:
+        try:
+            initializer = lookup("initializers", recipe.student.init)
+        except LookupError as exc:
+            raise ConfigError(f"student.init: {exc}") from None
+        student = initializer(teacher, student)
+    distiller = GeneralDistiller(_training_config(recipe, output_dir), recipe.distillation,
+                                 teacher, student, task.adaptor(teacher), task.adaptor(student))
+    _fit(distiller, student, recipe, data, resume)
+    task.save_model(student, output_dir / "student", recipe.teacher)
+    report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
+    if data.eval is not None:
+        teacher_result = measure(teacher, task.adaptor(teacher), data, recipe)
+        student_result = measure(student, task.adaptor(student), data, recipe)
+        student_result["retention"] = _retention(student_result["value"], teacher_result["value"])
+        report["teacher"] = teacher_result
+        report["student"] = student_result
+    write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _training_config(recipe: Recipe, output_dir: Path) -> TrainingConfig:
+    t = recipe.training
+    return TrainingConfig(
+        output_dir=str(output_dir), device=t.device, ckpt_steps=t.ckpt_steps, seed=t.seed,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        mixed_precision=t.mixed_precision, progress=t.progress, keep_checkpoints=t.keep_checkpoints,
+    )
+
+
+def _fit(engine: BasicTrainer | GeneralDistiller, model: nn.Module, recipe: Recipe,
+         data: PreparedData, resume: bool) -> None:
+    t = recipe.training
+    loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, collate_fn=data.collate,
+                        generator=torch.Generator().manual_seed(t.seed))
+    total = t.num_steps or t.num_epochs * math.ceil(len(loader) / t.gradient_accumulation_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    engine.train(
+        optimizer, loader, num_epochs=t.num_epochs, num_steps=t.num_steps,
+        scheduler_class=linear_schedule_with_warmup,
+        scheduler_args={"num_warmup_steps": int(t.warmup_ratio * total), "num_training_steps": total},
+        max_grad_norm=t.max_grad_norm, resume=resume,
+    )
+
+
+def linear_schedule_with_warmup(optimizer: torch.optim.Optimizer, num_warmup_steps: int,
+                                num_training_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base learning rate, then linear decay to zero (BERT's schedule)."""
+    def factor(step: int) -> float:
+        if step < num_warmup_steps:
+            return (step + 1) / (num_warmup_steps + 1)
+        return max(0.0, (num_training_steps - step) / max(1, num_training_steps - num_warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def measure(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Recipe) -> dict[str, Any]:
+    """Eval metric, parameter count and CPU latency (median milliseconds per eval batch)."""
+    if data.eval is None:
+        raise ConfigError("data.eval is needed to measure a model")
+    device = torch.device(recipe.training.device)
+    was_training = model.training
+    model.to(device).eval()
+    loader = DataLoader(data.eval, batch_size=recipe.eval.batch_size, shuffle=False,
+                        collate_fn=data.collate)
+    needs = FeatureNeeds({"logits": set()})
+    predictions, golds, times = [], [], []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        start = time.perf_counter()
+        features = adaptor.run(model, batch, needs)
+        times.append((time.perf_counter() - start) * 1000)
+        logits, labels = features["logits"], features["labels"]
+        mask = features.get("logits_mask")
+        if mask is not None:
+            keep = mask.reshape(-1).bool()
+            logits, labels = logits.reshape(-1, logits.shape[-1])[keep], labels.reshape(-1)[keep]
+        predictions.append(logits.argmax(-1).cpu())
+        golds.append(labels.cpu())
+    model.train(was_training)
+    return {
+        "value": compute_metric(recipe.eval.metric, torch.cat(predictions), torch.cat(golds)),
+        "params": sum(p.numel() for p in model.parameters()),
+        # the first batch pays one-off costs (allocations, kernel selection)
+        "latency_ms": round(statistics.median(times[1:] or times), 3),
+    }
+
+
+def _retention(student: float, teacher: float) -> float | None:
+    return None if teacher == 0 else round(student / teacher, 4)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The recipe as YAML, as saved beside a run's outputs."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

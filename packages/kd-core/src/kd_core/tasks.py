@@ -1,0 +1,48 @@
+"""The Task protocol: what a recipe needs to know about one kind of problem.
+
+kd-core stays free of model libraries; a plugin (kd-models for Hugging Face models) registers
+tasks such as ``sequence_classification`` through ``kd_register_tasks``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from kd_core.features import Adaptor
+
+if TYPE_CHECKING:
+    from kd_core.recipe import DataSpec, ModelSpec, StudentSpec
+
+
+@dataclass
+class PreparedData:
+    """Datasets ready for a DataLoader, and the collate function that batches them."""
+
+    train: Dataset
+    eval: Dataset | None
+    collate: Any
+
+
+class Task(Protocol):
+    """How to load, build, feed and save the models of one kind of problem."""
+
+    def load_teacher(self, spec: ModelSpec) -> nn.Module:
+        """Load the teacher named by the recipe's ``teacher`` section."""
+
+    def build_student(self, spec: StudentSpec, teacher: nn.Module) -> nn.Module:
+        """Build the student from the recipe's ``student`` section (usually from the teacher's
+        config, so the vocabulary and tokenizer stay the same)."""
+
+    def prepare_data(self, spec: DataSpec, teacher_spec: ModelSpec, base_dir: Path | None) -> PreparedData:
+        """Read and tokenize the recipe's data."""
+
+    def adaptor(self, model: nn.Module) -> Adaptor:
+        """The adaptor that extracts features from ``model``."""
+
+    def save_model(self, model: nn.Module, directory: Path, teacher_spec: ModelSpec) -> None:
+        """Save ``model`` (and what it needs to be used, such as its tokenizer) to ``directory``."""

@@ -1,0 +1,112 @@
+"""Recipe tasks for Hugging Face models."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from kd_core.data import read_examples, resolve_path
+from kd_core.errors import ConfigError
+from kd_core.plugins import lookup
+from kd_core.recipe import DataFile, DataSpec, ModelSpec, StudentSpec
+from kd_core.tasks import PreparedData
+from kd_models.adaptors import HFAdaptor
+from kd_models.paths import resolve_model_path
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved with a model (cached per path)."""
+    return AutoTokenizer.from_pretrained(path)
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    """Tokenized examples: a list of dicts of token ids and a label."""
+
+    def __init__(self, examples: list[dict[str, Any]]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.examples[index]
+
+
+class PadCollator:
+    """Pads a list of tokenized examples to the longest one and stacks the labels."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        batch = self.tokenizer.pad([{k: v for k, v in e.items() if k != "labels"} for e in examples],
+                                   return_tensors="pt")
+        return {**batch, "labels": labels}
+
+
+class SequenceClassificationTask:
+    """``sequence_classification``: one label per text or text pair (SST-2, CoLA, MNLI, ...)."""
+
+    def load_teacher(self, spec: ModelSpec) -> nn.Module:
+        path = resolve_model_path(spec.model)
+        kwargs = {"num_labels": spec.num_labels} if spec.num_labels else {}
+        return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+
+    def build_student(self, spec: StudentSpec, teacher: nn.Module) -> nn.Module:
+        if spec.model is not None:
+            return AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_path(spec.model), num_labels=teacher.config.num_labels)
+        if spec.preset is not None:
+            try:
+                builder = lookup("students", spec.preset)
+            except LookupError as exc:
+                raise ConfigError(f"student.preset: {exc}") from None
+            return builder(teacher)
+        overrides = dict(spec.config or {})
+        base = teacher.config.to_dict()
+        unknown = [k for k in overrides if k not in base]
+        if unknown:
+            raise ConfigError(f"student.config: {', '.join(unknown)} are not fields of the teacher's "
+                              f"{type(teacher.config).__name__}")
+        base.update(overrides)
+        config = AutoConfig.for_model(base.pop("model_type"), **base)
+        return AutoModelForSequenceClassification.from_config(config)
+
+    def prepare_data(self, spec: DataSpec, teacher_spec: ModelSpec, base_dir: Path | None) -> PreparedData:
+        tokenizer = load_tokenizer(resolve_model_path(teacher_spec.model))
+        train = self._dataset(spec.train, tokenizer, spec.max_length, base_dir, "data.train")
+        evaluation = (self._dataset(spec.eval, tokenizer, spec.max_length, base_dir, "data.eval")
+                      if spec.eval is not None else None)
+        return PreparedData(train, evaluation, PadCollator(tokenizer))
+
+    def _dataset(self, spec: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None,
+                 where: str) -> TokenizedDataset:
+        path = resolve_path(spec.path, base_dir, f"{where}.path")
+        columns = spec.text_columns
+        rows = read_examples(path, [*columns, spec.label], spec.limit, spec.format, where)
+        texts = [[str(row[c]) for row in rows] for c in columns]
+        encoded = tokenizer(*texts, truncation=True, max_length=max_length)
+        examples = []
+        for i, row in enumerate(rows):
+            try:
+                label = int(row[spec.label])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {path.name} row {i + 1} has label {row[spec.label]!r}; "
+                                  "labels must be integer class ids") from None
+            examples.append({**{k: v[i] for k, v in encoded.items()}, "labels": label})
+        return TokenizedDataset(examples)
+
+    def adaptor(self, model: nn.Module) -> HFAdaptor:
+        return HFAdaptor()
+
+    def save_model(self, model: nn.Module, directory: Path, teacher_spec: ModelSpec) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(directory, safe_serialization=True)
+        load_tokenizer(resolve_model_path(teacher_spec.model)).save_pretrained(directory)
