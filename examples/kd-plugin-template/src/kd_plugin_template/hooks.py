@@ -1,0 +1,39 @@
+"""The plugin's hooks: kd calls each with ``register`` and the plugin registers by name."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kd_core import ShapeError, hookimpl
+from kd_core.hookspecs import Register
+
+
+def smooth_l1_hidden(state_S: torch.Tensor, state_T: torch.Tensor,
+                     mask: torch.Tensor | None = None, beta: float = 1.0) -> torch.Tensor:
+    """Smooth-L1 (Huber) distance between [B, L, D] hidden states, averaged over the entries of
+    real tokens (mask [B, L], 1 = real); 0 with zero gradient when no token is real."""
+    if state_S.shape != state_T.shape or state_S.dim() != 3:
+        raise ShapeError(f"smooth_l1_hidden: student {tuple(state_S.shape)} and teacher "
+                         f"{tuple(state_T.shape)} must both be [B, L, D]")
+    per_token = F.smooth_l1_loss(state_S.float(), state_T.float(), reduction="none", beta=beta).mean(-1)
+    if mask is None:
+        return per_token.mean()
+    weights = mask.to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum().clamp(min=1)
+
+
+def gelu_projection(dim_in: int, dim_out: int) -> nn.Module:
+    """``gelu(W x + b)``."""
+    return nn.Sequential(nn.Linear(dim_in, dim_out), nn.GELU())
+
+
+@hookimpl
+def kd_register_losses(register: Register) -> None:
+    register("smooth_l1_hidden", smooth_l1_hidden)
+
+
+@hookimpl
+def kd_register_projections(register: Register) -> None:
+    register("gelu", gelu_projection)
