@@ -79,7 +79,8 @@ def test_errors_give_the_path_of_each_bad_field_and_a_fix() -> None:
     assert "(3 errors)" in message
     assert "temprature: unknown field 'temprature'; did you mean 'temperature'?" in message
     assert "intermediate_matches[1].layer_T: a layer pair must have exactly two entries" in message
-    assert "intermediate_matches[1].proj: proj ['linear', 3] is malformed; write it as [name, dim_in, dim_out]" in message
+    assert ("intermediate_matches[1].proj: proj ['linear', 3] is malformed; "
+            "write it as [name, dim_in, dim_out]") in message
     assert message.count("recipe.yaml: distillation") == 3
 
 

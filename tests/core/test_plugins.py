@@ -87,7 +87,7 @@ def test_a_plugin_that_fails_to_import_is_skipped_with_one_warning(fake_entry_po
 def test_strict_mode_turns_the_warning_into_an_error(fake_entry_points, monkeypatch) -> None:
     monkeypatch.setenv("KD_STRICT_PLUGINS", "1")
     fake_entry_points("broken", "plug_that_does_not_exist")
-    with pytest.raises(PluginError, match="kd plugin broken was skipped.*KD_STRICT_PLUGINS"):
+    with pytest.raises(PluginError, match=r"kd plugin broken was skipped.*KD_STRICT_PLUGINS"):
         registry("losses")
 
 
@@ -133,7 +133,7 @@ def test_unknown_names_list_the_registered_ones_and_suggest(fake_entry_points) -
 
 
 def test_an_empty_kind_says_what_to_install(fake_entry_points) -> None:
-    with pytest.raises(UnknownNameError, match="no augmenters are registered at all. Install a plugin"):
+    with pytest.raises(UnknownNameError, match=r"no augmenters are registered at all\. Install a plugin"):
         lookup("augmenters", "masking")
 
 

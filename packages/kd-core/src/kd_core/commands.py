@@ -35,7 +35,7 @@ def plugins_command(as_json: bool) -> None:
         click.echo(f"skipped plugin {s['name']} ({s['distribution']}): {s['reason']}", err=True)
 
 
-def _run_options(function):  # noqa: ANN001, ANN202 (click decorator plumbing)
+def _run_options(function):
     function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                             help="Override a recipe field, e.g. --set training.num_steps=100.")(function)
     function = click.option("--resume", is_flag=True,

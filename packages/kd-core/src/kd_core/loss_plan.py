@@ -137,7 +137,7 @@ class LossPlan(nn.Module):
         match = term.match
         inter_S = _layers(features_S, match.feature, match.layer_S, "student", term.index)
         inter_T = _layers(features_T, match.feature, match.layer_T, "teacher", term.index)
-        projection = self.projections[str(term.index)] if str(term.index) in self.projections else None
+        projection = self.projections[str(term.index)] if str(term.index) in self.projections else None  # noqa: SIM401 (ModuleDict has no get)
         if projection is not None:
             inter_S = [projection(x) for x in inter_S] if isinstance(inter_S, list) else projection(inter_S)
         inter_T = [x.detach() for x in inter_T] if isinstance(inter_T, list) else inter_T.detach()
