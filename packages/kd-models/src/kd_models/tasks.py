@@ -73,8 +73,8 @@ class SequenceClassificationTask:
         base = teacher.config.to_dict()
         unknown = [k for k in overrides if k not in base]
         if unknown:
-            raise ConfigError(f"student.config: {', '.join(unknown)} are not fields of the teacher's "
-                              f"{type(teacher.config).__name__}")
+            raise ConfigError(f"student.config: not fields of the teacher's {type(teacher.config).__name__}: "
+                              f"{', '.join(unknown)}")
         base.update(overrides)
         config = AutoConfig.for_model(base.pop("model_type"), **base)
         return AutoModelForSequenceClassification.from_config(config)
