@@ -9,7 +9,7 @@ import click
 
 from kd_core.checkpoint import write_text_atomic
 from kd_core.plugins import registry, skipped_plugins
-from kd_core.recipe import load_recipe, recipe_to_yaml, run_distill, run_train
+from kd_core.recipe import Recipe, load_recipe, recipe_to_yaml, run_distill, run_train
 from kd_core.registry import KINDS
 
 
@@ -45,14 +45,20 @@ def _run_options(function):
     return click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))(function)
 
 
-@click.command("distill")
-@_run_options
-def distill_command(recipe: Path, output_dir: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
-    """Distill a teacher into a student as the RECIPE (YAML/JSON) says."""
+def _start_run(recipe: Path, output_dir: Path | None, overrides: tuple[str, ...]) -> tuple[Recipe, Path, Path]:
+    """Load and validate the recipe, create the output folder and save the recipe as run there."""
     parsed, base_dir = load_recipe(recipe, list(overrides))
     output_dir = output_dir or Path("runs") / recipe.stem
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output_dir / "recipe.yaml", recipe_to_yaml(parsed))
+    return parsed, base_dir, output_dir
+
+
+@click.command("distill")
+@_run_options
+def distill_command(recipe: Path, output_dir: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
+    """Distill a teacher into a student as the RECIPE (YAML/JSON) says."""
+    parsed, base_dir, output_dir = _start_run(recipe, output_dir, overrides)
     report = run_distill(parsed, output_dir, base_dir, resume=resume)
     click.echo(json.dumps(report, indent=2))
     click.echo(f"student saved to {output_dir / 'student'}; report at {output_dir / 'report.json'}")
@@ -62,10 +68,7 @@ def distill_command(recipe: Path, output_dir: Path | None, resume: bool, overrid
 @_run_options
 def train_command(recipe: Path, output_dir: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
     """Fine-tune the RECIPE's teacher on its labelled data."""
-    parsed, base_dir = load_recipe(recipe, list(overrides))
-    output_dir = output_dir or Path("runs") / recipe.stem
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output_dir / "recipe.yaml", recipe_to_yaml(parsed))
+    parsed, base_dir, output_dir = _start_run(recipe, output_dir, overrides)
     report = run_train(parsed, output_dir, base_dir, resume=resume)
     click.echo(json.dumps(report, indent=2))
     click.echo(f"model saved to {output_dir / 'model'}; report at {output_dir / 'report.json'}")

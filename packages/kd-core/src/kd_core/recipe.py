@@ -25,7 +25,7 @@ from kd_core.config import ConfigModel, DistillationConfig, TrainingConfig
 from kd_core.distillers import BasicTrainer, GeneralDistiller
 from kd_core.engine import seed_everything
 from kd_core.errors import ConfigError
-from kd_core.features import Adaptor, FeatureNeeds
+from kd_core.features import Adaptor, FeatureNeeds, to_device
 from kd_core.metrics import compute_metric
 from kd_core.plugins import lookup
 from kd_core.tasks import PreparedData, Task
@@ -277,7 +277,7 @@ def measure(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Reci
     needs = FeatureNeeds({"logits": set()})
     predictions, golds, times = [], [], []
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         start = time.perf_counter()
         features = adaptor.run(model, batch, needs)
         times.append((time.perf_counter() - start) * 1000)
