@@ -196,11 +196,13 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
 
 
 def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = None,
-                resume: bool = False) -> dict[str, Any]:
+                resume: bool = False, teacher_result: dict[str, Any] | None = None) -> dict[str, Any]:
     """Distill the recipe's teacher into its student (``kd distill``).
 
     Writes ``output_dir/student`` (save_pretrained, safetensors), ``metrics.jsonl``,
-    ``checkpoints/`` and ``report.json``; returns the report.
+    ``checkpoints/`` and ``report.json``; returns the report. ``teacher_result`` is the teacher's
+    :func:`measure` on the same eval data when the caller already has it (the demo measures its
+    teacher once, after fine-tuning, for all its students); otherwise the teacher is measured here.
     """
     output_dir = Path(output_dir)
     task = task_for(recipe)
@@ -220,7 +222,8 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
     task.save_model(student, output_dir / "student", recipe.teacher)
     report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
     if data.eval is not None:
-        teacher_result = measure(teacher, task.adaptor(teacher), data, recipe)
+        if teacher_result is None:
+            teacher_result = measure(teacher, task.adaptor(teacher), data, recipe)
         student_result = measure(student, task.adaptor(student), data, recipe)
         student_result["retention"] = _retention(student_result["value"], teacher_result["value"])
         report["teacher"] = teacher_result
