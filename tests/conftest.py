@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 import types
@@ -61,15 +62,42 @@ def tiny_teacher_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path
                           hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)
 
 
-@pytest.fixture(scope="session")
-def textbrewer_losses() -> types.ModuleType:
-    """textbrewer.losses from the PyPI package, imported without the package's __init__ (which
-    needs tensorboard); the oracle for the losses TextBrewer defines."""
+def _textbrewer_module(name: str) -> types.ModuleType:
+    """A textbrewer submodule from the PyPI package, imported without the package's __init__
+    (which needs tensorboard)."""
     spec = importlib.util.find_spec("textbrewer")
     if spec is None:
         pytest.skip("textbrewer is not installed (pip install --no-deps textbrewer)")
     if "textbrewer" not in sys.modules:
         package = types.ModuleType("textbrewer")
         package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
         sys.modules["textbrewer"] = package
-    return importlib.import_module("textbrewer.losses")
+    return importlib.import_module(f"textbrewer.{name}")
+
+
+@pytest.fixture(scope="session")
+def textbrewer_losses() -> types.ModuleType:
+    """textbrewer.losses: the oracle for the losses TextBrewer defines."""
+    return _textbrewer_module("losses")
+
+
+@pytest.fixture(scope="session")
+def textbrewer_schedulers() -> types.ModuleType:
+    """textbrewer.schedulers: the oracle for its temperature and weight schedulers."""
+    return _textbrewer_module("schedulers")
+
+
+@pytest.fixture(scope="session")
+def textbrewer_probability_shift():
+    """TextBrewer's ``probability_shift_``, compiled from its source: its module,
+    textbrewer.distiller_utils, imports tensorboard at import time."""
+    spec = importlib.util.find_spec("textbrewer")
+    if spec is None:
+        pytest.skip("textbrewer is not installed (pip install --no-deps textbrewer)")
+    source = (Path(spec.submodule_search_locations[0]) / "distiller_utils.py").read_text()
+    function = next(node for node in ast.parse(source).body
+                    if isinstance(node, ast.FunctionDef) and node.name == "probability_shift_")
+    namespace: dict = {"torch": torch}
+    exec(compile(ast.Module([function], type_ignores=[]), "textbrewer/distiller_utils.py", "exec"), namespace)
+    return namespace["probability_shift_"]

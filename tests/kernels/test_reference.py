@@ -48,3 +48,42 @@ def test_softmax_kl_with_rows_masked_averages_real_rows_only() -> None:
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="mode must be 'kl' or 'ce'"):
         reference.softmax_kl(torch.zeros(1, 2), torch.zeros(1, 2), mode="js")
+
+
+def _relation_rows(x: torch.Tensor, y: torch.Tensor, scale: float, b: int, h: int, n: int) -> list[list[float]]:
+    return [[scale * sum(a * c for a, c in zip(x[b, h, i].tolist(), y[b, h, j].tolist(), strict=True))
+             for j in range(n)] for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["kl", "ce", "mse"])
+def test_relation_loss_matches_the_formula_with_explicit_scales(kind: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    xs, ys = (torch.randn(2, 2, 5, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    xt, yt = (torch.randn(2, 2, 5, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    lengths = [5, 3]
+    mask = (torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]).long()
+    total, count = 0.0, 0
+    for b, n in enumerate(lengths):
+        for h in range(2):
+            r_s = _relation_rows(xs, ys, 0.7, b, h, n)
+            r_t = _relation_rows(xt, yt, 0.2, b, h, n)
+            for row_s, row_t in zip(r_s, r_t, strict=True):
+                if kind == "mse":
+                    total += sum((a - c) ** 2 for a, c in zip(row_s, row_t, strict=True))
+                    count += n
+                    continue
+                total += _naive_softmax_kl(torch.tensor([row_s], dtype=torch.float64),
+                                           torch.tensor([row_t], dtype=torch.float64), 1.0, kind)
+                count += 1
+    value = reference.relation_loss(xs, ys, xt, yt, mask, kind=kind, scale_s=0.7, scale_t=0.2)
+    assert value.item() == pytest.approx(total / count, rel=1e-10)
+
+
+def test_relation_loss_scales_by_inverse_square_root_of_each_sides_head_size() -> None:
+    g = torch.Generator().manual_seed(2)
+    xs, xt = torch.randn(1, 2, 4, 9, generator=g), torch.randn(1, 2, 4, 16, generator=g)
+    default = reference.relation_loss(xs, xs, xt, xt, kind="mse")
+    explicit = reference.relation_loss(xs, xs, xt, xt, kind="mse", scale_s=1 / 3, scale_t=1 / 4)
+    assert default.item() == explicit.item()
+    with pytest.raises(ValueError, match="kind must be 'kl', 'ce' or 'mse'"):
+        reference.relation_loss(xs, xs, xt, xt, kind="js")

@@ -3,37 +3,69 @@
 Every function reduces over *real* rows or tokens only (mask: 1 = real), so adding padding does
 not change the result, and returns exactly 0 with zero gradient when nothing is real. Inputs in
 bf16/fp16 are computed in fp32; float64 stays float64 (for gradcheck).
+
+Shapes: logits [..., V] with a row mask [...]; hidden states [B, L, D] with a token mask [B, L];
+relation maps (attention probabilities or scores) [B, H, L, L] and per-head states (Q, K, V)
+[B, H, L, d], both with a token mask [B, L] that applies to queries and keys alike.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+Temperature = float | torch.Tensor
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype kd computes losses in: float64 stays, everything else becomes float32."""
+    return x.to(_compute_dtype(x))
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of ``values`` over positions where ``mask`` is 1 (all positions if mask is None).
 
-    With no real position the result is 0 and its gradient is 0.
+    ``mask`` broadcasts against ``values``. With no real position the result is 0 and its
+    gradient is 0.
     """
     if mask is None:
         return values.mean() if values.numel() else values.sum()
-    weights = mask.to(values.dtype)
+    weights = mask.to(values.dtype).expand_as(values)
     return (values * weights).sum() / weights.sum().clamp(min=1)
 
 
-def _temperature(temperature: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+def _temperature(temperature: Temperature, like: torch.Tensor) -> Temperature:
     if isinstance(temperature, torch.Tensor) and temperature.dim() > 0:
         return temperature.to(like.dtype).unsqueeze(-1)
     return float(temperature)
 
 
+def _tempered_log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                        temperature: Temperature) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+    """``log softmax(z / T)`` of both sides in the compute dtype, and ``T^2`` per row."""
+    dtype = _compute_dtype(student_logits)
+    s = student_logits.to(dtype)
+    temp = _temperature(temperature, s)
+    log_p_s = F.log_softmax(s / temp, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.to(dtype) / temp, dim=-1)
+    t_squared = temp.squeeze(-1) ** 2 if isinstance(temp, torch.Tensor) else temp**2
+    return log_p_s, log_p_t, t_squared
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``KL(p || q)`` per row; entries where ``p`` is 0 contribute exactly 0."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+
+
 def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-               temperature: float | torch.Tensor = 1.0, mask: torch.Tensor | None = None,
+               temperature: Temperature = 1.0, mask: torch.Tensor | None = None,
                mode: str = "kl") -> torch.Tensor:
     """Temperature-softmax distillation of logits [..., V] (rows [...], mask [...]).
 
@@ -45,24 +77,39 @@ def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     """
     if mode not in ("kl", "ce"):
         raise ValueError(f"softmax_kl mode must be 'kl' or 'ce', got {mode!r}")
-    dtype = _compute_dtype(student_logits)
-    s = student_logits.to(dtype)
-    t = teacher_logits.to(dtype)
-    temp = _temperature(temperature, s)
-    log_p_s = F.log_softmax(s / temp, dim=-1)
-    log_p_t = F.log_softmax(t / temp, dim=-1)
-    p_t = log_p_t.exp()
-    real = p_t > 0
+    log_p_s, log_p_t, t_squared = _tempered_log_probs(student_logits, teacher_logits, temperature)
     if mode == "ce":
-        per_row = -torch.where(real, p_t * log_p_s, torch.zeros_like(p_t)).sum(-1)
+        p_t = log_p_t.exp()
+        per_row = -torch.where(p_t > 0, p_t * log_p_s, torch.zeros_like(p_t)).sum(-1)
         return masked_mean(per_row, mask)
-    per_row = torch.where(real, p_t * (log_p_t - log_p_s), torch.zeros_like(p_t)).sum(-1)
-    scale = temp.squeeze(-1) ** 2 if isinstance(temp, torch.Tensor) else temp**2
-    return masked_mean(per_row * scale, mask)
+    return masked_mean(_kl_rows(log_p_t, log_p_s) * t_squared, mask)
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               temperature: Temperature = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reverse KL, ``T^2 * mean_rows KL(p_S || p_T)``: mode-seeking, the student concentrates on
+    the teacher's main modes instead of covering its tail (MiniLLM, Gu et al. 2024)."""
+    log_p_s, log_p_t, t_squared = _tempered_log_probs(student_logits, teacher_logits, temperature)
+    return masked_mean(_kl_rows(log_p_s, log_p_t) * t_squared, mask)
+
+
+def jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: Temperature = 1.0,
+        mask: torch.Tensor | None = None, beta: float = 0.5) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence (GKD, Agarwal et al. 2024):
+    ``T^2 * mean_rows [beta KL(p_T || m) + (1 - beta) KL(p_S || m)]`` with
+    ``m = beta p_T + (1 - beta) p_S``; ``beta = 0.5`` is the symmetric JSD, bounded by ``log 2``.
+    ``beta`` must lie strictly between 0 and 1 (at either end the divergence is identically 0).
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd needs 0 < beta < 1, got {beta}; use 'kl' or 'reverse_kl' for the end points")
+    log_p_s, log_p_t, t_squared = _tempered_log_probs(student_logits, teacher_logits, temperature)
+    log_m = torch.logaddexp(log_p_t + math.log(beta), log_p_s + math.log(1.0 - beta))
+    per_row = beta * _kl_rows(log_p_t, log_m) + (1.0 - beta) * _kl_rows(log_p_s, log_m)
+    return masked_mean(per_row * t_squared, mask)
 
 
 def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-              temperature: float | torch.Tensor = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+              temperature: Temperature = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """TextBrewer's ``mse`` logit loss: mean squared error of ``logits / T`` over real rows'
     entries."""
     dtype = _compute_dtype(student_logits)
@@ -73,10 +120,8 @@ def logit_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 def hidden_mse(student: torch.Tensor, teacher: torch.Tensor,
                mask: torch.Tensor | None = None) -> torch.Tensor:
-    """TextBrewer's ``hidden_mse``: mean squared error over the entries of real tokens.
-
-    ``student``/``teacher`` [B, L, D], ``mask`` [B, L].
-    """
+    """Mean squared error over the entries of real tokens; ``student``/``teacher`` [B, L, D],
+    ``mask`` [B, L]."""
     dtype = _compute_dtype(student)
     per_token = ((student.to(dtype) - teacher.to(dtype)) ** 2).mean(-1)
     return masked_mean(per_token, mask)
@@ -84,8 +129,97 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor,
 
 def cosine_distance(student: torch.Tensor, teacher: torch.Tensor,
                     mask: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
-    """TextBrewer's ``cos`` (DistilBERT's cosine loss): mean over real tokens of
-    ``1 - cos(h_S, h_T)``; ``student``/``teacher`` [..., D], ``mask`` [...]."""
+    """Mean over real rows of ``1 - cos(h_S, h_T)``; ``student``/``teacher`` [..., D],
+    ``mask`` [...]."""
     dtype = _compute_dtype(student)
     cosine = F.cosine_similarity(student.to(dtype), teacher.to(dtype), dim=-1, eps=eps)
     return masked_mean(1 - cosine, mask)
+
+
+def normalized_mse(student: torch.Tensor, teacher: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over real rows of ``|h_S / |h_S| - h_T / |h_T| |^2`` (BERT-PKD's loss, Sun et al.
+    2019); ``student``/``teacher`` [..., D], ``mask`` [...]."""
+    dtype = _compute_dtype(student)
+    unit_s = F.normalize(student.to(dtype), dim=-1, eps=1e-12)
+    unit_t = F.normalize(teacher.to(dtype), dim=-1, eps=1e-12)
+    return masked_mean(((unit_s - unit_t) ** 2).sum(-1), mask)
+
+
+def gram_mse(student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor],
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """TextBrewer's ``fsp`` (a variant of the FSP matrix, Yim et al. 2017): per example the
+    feature Gram matrix ``G = X0^T X1 / n`` [D, D] over its ``n`` real tokens, then the mean
+    squared error of ``G_S - G_T`` over entries and over examples that have a real token.
+
+    ``student``/``teacher``: pairs of [B, L, D] states (two layers of one side), ``mask`` [B, L].
+    """
+    dtype = _compute_dtype(student[0])
+    if mask is None:
+        mask = torch.ones(student[0].shape[:2], device=student[0].device)
+    weights = mask.to(dtype).unsqueeze(-1)
+    lengths = weights.sum(1, keepdim=True).clamp(min=1)
+
+    def gram(pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x0, x1 = (x.to(dtype) * weights for x in pair)
+        return x0.transpose(1, 2) @ x1 / lengths
+
+    per_example = ((gram(student) - gram(teacher)) ** 2).flatten(1).mean(-1)
+    return masked_mean(per_example, mask.any(-1))
+
+
+def _as_heads(maps: torch.Tensor) -> torch.Tensor:
+    return maps.unsqueeze(1) if maps.dim() == 3 else maps
+
+
+def map_mse(maps_S: torch.Tensor, maps_T: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error of relation maps [B, H, L, L] (or [B, L, L]) over heads and the
+    (query, key) pairs where both tokens are real (TextBrewer's ``attention_mse``; TinyBERT's
+    attention loss when the maps are pre-softmax scores)."""
+    dtype = _compute_dtype(maps_S)
+    s, t = _as_heads(maps_S).to(dtype), _as_heads(maps_T).to(dtype)
+    if mask is None:
+        return masked_mean((s - t) ** 2, None)
+    real = mask.to(dtype)
+    pairs = real[:, None, :, None] * real[:, None, None, :]
+    return masked_mean((s - t) ** 2, pairs)
+
+
+def map_softmax_kl(scores_S: torch.Tensor, scores_T: torch.Tensor, mask: torch.Tensor | None = None,
+                   mode: str = "kl") -> torch.Tensor:
+    """Row-softmax divergence of relation scores [B, H, L, L] (or [B, L, L]): each query row's
+    softmax over the real keys, then ``softmax_kl``'s ``mode`` ("kl" or "ce") averaged over heads
+    and real query rows. Padded keys take no probability; padded queries do not count."""
+    s, t = _as_heads(scores_S), _as_heads(scores_T)
+    rows = None
+    if mask is not None:
+        real = mask.bool()
+        keys = real[:, None, None, :] | ~real.any(-1)[:, None, None, None]
+        s = s.masked_fill(~keys, -math.inf)
+        t = t.masked_fill(~keys, -math.inf)
+        rows = real[:, None, :].expand(s.shape[:-1])
+    return softmax_kl(s, t, 1.0, rows, mode)
+
+
+def relation_loss(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor,
+                  mask: torch.Tensor | None = None, kind: str = "kl",
+                  scale_s: float | None = None, scale_t: float | None = None) -> torch.Tensor:
+    """Distance between per-head relation matrices ``R = scale * X Y^T`` of student and teacher.
+
+    ``xs``/``ys`` [B, H, L, d_s], ``xt``/``yt`` [B, H, L, d_t] (head sizes may differ); ``scale``
+    defaults to ``1/sqrt(d)`` on each side; ``mask`` [B, L]. ``kind``: "kl" (MiniLM's
+    ``KL(softmax R_T || softmax R_S)`` over real keys, averaged over heads and real query rows),
+    "ce" (the same with cross-entropy) or "mse" (mean over heads and real pairs). MiniLM's
+    attention (X=Q, Y=K) and value relation (X=Y=V), MiniLMv2's relation heads, TinyBERT's
+    attention MSE and NST are all this one formula.
+    """
+    if kind not in ("kl", "ce", "mse"):
+        raise ValueError(f"relation_loss kind must be 'kl', 'ce' or 'mse', got {kind!r}")
+    dtype = _compute_dtype(xs)
+    scale_s = xs.shape[-1] ** -0.5 if scale_s is None else scale_s
+    scale_t = xt.shape[-1] ** -0.5 if scale_t is None else scale_t
+    r_s = (xs.to(dtype) @ ys.to(dtype).transpose(-1, -2)) * scale_s
+    r_t = (xt.to(dtype) @ yt.to(dtype).transpose(-1, -2)) * scale_t
+    if kind == "mse":
+        return map_mse(r_s, r_t, mask)
+    return map_softmax_kl(r_s, r_t, mask, kind)

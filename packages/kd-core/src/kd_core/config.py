@@ -116,14 +116,16 @@ class IntermediateMatch(ConfigModel):
     """One intermediate-feature term of a distillation (TextBrewer's match dict).
 
     ``layer_T`` / ``layer_S`` index the feature on each side (a pair ``[i, j]`` for losses that
-    take two layers, such as ``nst`` and ``fsp``); ``proj`` is ``[name, dim_in, dim_out]`` or
+    take two layers, such as ``nst`` and ``fsp``). ``feature`` names one feature, or a list of
+    features read at the same layer and passed to the loss together (``[q, k]`` for the
+    attention losses computed from queries and keys). ``proj`` is ``[name, dim_in, dim_out]`` or
     ``[name, dim_in, dim_out, {"learning_rate": lr}]``: a trainable projection of the student's
     feature (dim_in) into the teacher's space (dim_out).
     """
 
     layer_T: int | list[int]
     layer_S: int | list[int]
-    feature: str
+    feature: str | list[str]
     loss: str
     weight: float = 1.0
     proj: list[Any] | None = None
@@ -139,6 +141,21 @@ class IntermediateMatch(ConfigModel):
                 "use a single integer for losses that read one layer"
             )
         return value
+
+    @field_validator("feature")
+    @classmethod
+    def _feature(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) < 2:
+            raise ValueError(f"a list of features needs at least two names, got {value}; "
+                             "write a single feature as a string")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs_or_features(self) -> IntermediateMatch:
+        if isinstance(self.feature, list) and (isinstance(self.layer_T, list) or isinstance(self.layer_S, list)):
+            raise ValueError(f"feature {self.feature} reads several features at one layer; "
+                             "it cannot be combined with layer pairs")
+        return self
 
     @field_validator("proj")
     @classmethod
@@ -175,6 +192,8 @@ class DistillationConfig(ConfigModel):
     kd_loss_type: str = "ce"
     kd_loss_weight: float = 1.0
     kd_loss_weight_scheduler: SchedulerSpec = "none"
+    kd_loss_params: dict[str, Any] = Field(default_factory=dict)
+    """kd extension: keyword arguments of the logit loss (``{beta: 0.3}`` for ``jsd``)."""
     probability_shift: bool = False
     intermediate_matches: list[IntermediateMatch] | None = None
     is_caching_logits: bool = False
@@ -209,7 +228,8 @@ def _path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part) in ("int", "list[int]", "str", "list[any]", "function-after[_layers(), int]"):
+        elif str(part) in ("int", "list[int]", "str", "list[str]", "list[any]",
+                           "function-after[_layers(), int]"):
             continue  # pydantic's union-member labels are noise in a field path
         else:
             out += f".{part}" if out else str(part)

@@ -8,6 +8,7 @@ scheduler. ``plan(features_S, features_T, progress)`` returns ``{term: weighted 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,8 @@ class LossPlan(nn.Module):
         self.kd_loss = None
         if with_logits and (config.kd_loss_weight != 0 or config.kd_loss_weight_scheduler != "none"):
             self.kd_loss = lookup("losses", config.kd_loss_type)
+            _check_params(self.kd_loss, config.kd_loss_params, "distillation.kd_loss_params",
+                          fixed=("mask", "temperature"))
             self.temperature_scheduler = build_scheduler(
                 config.temperature_scheduler, "temperature", "distillation.temperature_scheduler")
             self.kd_weight_scheduler = build_scheduler(
@@ -75,10 +78,12 @@ class LossPlan(nn.Module):
             if isinstance(match.layer_T, list) != isinstance(match.layer_S, list):
                 raise ConfigError(f"{where}: layer_T and layer_S must both be single layers or "
                                   f"both pairs, got {match.layer_T} and {match.layer_S}")
+            _check_params(loss, match.params, f"{where}.params", fixed=("mask",))
             name = f"match{index}.{match.loss}"
             self.matches.append(MatchTerm(name, index, match, loss))
-            self.needs_T.add(match.feature, match.layer_T)
-            self.needs_S.add(match.feature, match.layer_S)
+            for feature in _as_list(match.feature):
+                self.needs_T.add(feature, match.layer_T)
+                self.needs_S.add(feature, match.layer_S)
             if match.proj is not None:
                 try:
                     factory = lookup("projections", match.proj[0])
@@ -128,19 +133,24 @@ class LossPlan(nn.Module):
                     raise ConfigError("distillation.probability_shift needs labels in the features")
                 l_T = probability_shift(l_T, label)
             temperature = self.temperature_scheduler.temperature(
-                l_S.detach(), l_T, self.config.temperature)
-            total = total + self.kd_loss(l_S, l_T, mask=mask, temperature=temperature)
+                l_S.detach(), l_T, self.config.temperature, mask=mask)
+            total = total + self.kd_loss(l_S, l_T, mask=mask, temperature=temperature,
+                                         **self.config.kd_loss_params)
         weight = self.kd_weight_scheduler.weight(self.config.kd_loss_weight, progress)
         return weight * total
 
     def _match_term(self, term: MatchTerm, features_S: Features, features_T: Features) -> torch.Tensor:
         match = term.match
-        inter_S = _layers(features_S, match.feature, match.layer_S, "student", term.index)
-        inter_T = _layers(features_T, match.feature, match.layer_T, "teacher", term.index)
+        if isinstance(match.feature, list):
+            inter_S = tuple(_layers(features_S, f, match.layer_S, "student", term.index) for f in match.feature)
+            inter_T = tuple(_layers(features_T, f, match.layer_T, "teacher", term.index) for f in match.feature)
+        else:
+            inter_S = _layers(features_S, match.feature, match.layer_S, "student", term.index)
+            inter_T = _layers(features_T, match.feature, match.layer_T, "teacher", term.index)
         projection = self.projections[str(term.index)] if str(term.index) in self.projections else None  # noqa: SIM401 (ModuleDict has no get)
         if projection is not None:
-            inter_S = [projection(x) for x in inter_S] if isinstance(inter_S, list) else projection(inter_S)
-        inter_T = [x.detach() for x in inter_T] if isinstance(inter_T, list) else inter_T.detach()
+            inter_S = _each(projection, inter_S)
+        inter_T = _each(torch.Tensor.detach, inter_T)
         mask = features_S.get("inputs_mask")
         loss = term.loss(inter_S, inter_T, mask=mask, **match.params)
         return match.weight * loss
@@ -187,6 +197,29 @@ def probability_shift(logits_T: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return logits
 
 
+def _check_params(loss: Any, params: dict[str, Any], where: str, fixed: tuple[str, ...]) -> None:
+    """Fail at plan time, not at the first step, when a loss does not take ``params``."""
+    try:
+        signature = inspect.signature(loss)
+    except (TypeError, ValueError):
+        return
+    taken = [name for name in params if name in fixed]
+    if taken:
+        raise ConfigError(f"{where}: {', '.join(taken)} is set by kd, not by params")
+    try:
+        signature.bind_partial(None, None, **params)
+    except TypeError as exc:
+        accepted = [p.name for p in list(signature.parameters.values())[2:] if p.name not in fixed]
+        raise ConfigError(f"{where}: {exc}; the loss accepts: {', '.join(accepted) or 'no parameters'}") from None
+
+
+def _each(function: Any, value: Any) -> Any:
+    """Apply ``function`` to a tensor, or to every tensor of a layer pair or feature tuple."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(function(x) for x in value)
+    return function(value)
+
+
 def _require(features: Features | None, side: str) -> Features:
     if features is None:
         raise ConfigError(f"this loss plan needs {side} features but none were produced")
@@ -209,6 +242,10 @@ def _layers(features: Features, feature: str, layer: int | list[int], side: str,
             raise ConfigError(
                 f"distillation.intermediate_matches[{index}].layer_{side[0].upper()}: layer {i} "
                 f"does not exist; the {side} gives {len(values)} {feature!r} layers (0..{len(values) - 1})")
+        if values[i] is None:
+            raise ConfigError(
+                f"distillation.intermediate_matches[{index}]: the {side}'s adaptor did not capture "
+                f"layer {i} of {feature!r}; an adaptor must fill every layer named in FeatureNeeds")
     return [values[i] for i in picks] if isinstance(layer, list) else values[layer]
 
 

@@ -4,8 +4,8 @@ A registered scheduler is a factory called with the arguments of its config spec
 ``["flsw", beta, gamma]`` calls ``factory(beta, gamma)``) returning an object with either or both
 of:
 
-- ``temperature(logits_S, logits_T, base_temperature) -> float | Tensor`` (a per-row tensor for
-  dynamic temperatures);
+- ``temperature(logits_S, logits_T, base_temperature, mask=None) -> float | Tensor`` (a per-row
+  tensor for dynamic temperatures; ``mask`` marks the rows that count, as the logit loss's);
 - ``weight(base_weight, progress) -> float`` with ``progress = step / total_steps`` in [0, 1].
 """
 
@@ -22,8 +22,8 @@ from kd_core.errors import ConfigError
 class TemperatureScheduler(Protocol):
     """Chooses the distillation temperature from the logits of both sides."""
 
-    def temperature(self, logits_S: torch.Tensor, logits_T: torch.Tensor,
-                    base_temperature: float) -> float | torch.Tensor: ...
+    def temperature(self, logits_S: torch.Tensor, logits_T: torch.Tensor, base_temperature: float,
+                    mask: torch.Tensor | None = None) -> float | torch.Tensor: ...
 
 
 @runtime_checkable
@@ -36,8 +36,8 @@ class WeightScheduler(Protocol):
 class ConstantScheduler:
     """Keeps the configured temperature or weight (TextBrewer's ``"none"``)."""
 
-    def temperature(self, logits_S: torch.Tensor, logits_T: torch.Tensor,
-                    base_temperature: float) -> float:
+    def temperature(self, logits_S: torch.Tensor, logits_T: torch.Tensor, base_temperature: float,
+                    mask: torch.Tensor | None = None) -> float:
         return base_temperature
 
     def weight(self, base_weight: float, progress: float) -> float:

@@ -1,18 +1,21 @@
-"""Logit losses: ``ce``, ``kl`` and ``mse``.
+"""Logit losses: ``ce``, ``kl``, ``mse``, ``reverse_kl`` and ``jsd``.
 
 Shapes: logits [B, C] (sequence level) or [B, L, C] (token level) on both sides; ``mask`` over
-rows ([B] or [B, L], 1 = the row counts). ``temperature`` is a float or a per-row tensor.
+rows ([B] or [B, L], 1 = the row counts). ``temperature`` is a float or a per-row tensor ([B] or
+[B, L], as the dynamic-temperature schedulers return).
 """
 
 from __future__ import annotations
 
 import torch
 
+import kd_kernels
 from kd_kernels import reference
 from kd_losses.checks import rank, row_mask, same_shape
 
 _LOGITS = "[B, C] or [B, L, C] logits"
 _MASK = "[B] or [B, L] row mask"
+Temperature = float | torch.Tensor
 
 
 def _check(name: str, logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -22,24 +25,45 @@ def _check(name: str, logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torc
 
 
 def ce(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
-       temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """TextBrewer's soft cross-entropy: ``mean_rows -sum_c p_T log p_S``, ``p = softmax(z / T)``,
-    no T^2 factor (TextBrewer, Yang et al. 2020)."""
+       temperature: Temperature = 1.0) -> torch.Tensor:
+    """Soft cross-entropy ``mean_rows -sum_c p_T log p_S`` with ``p = softmax(z / T)`` and no T^2
+    factor (TextBrewer's ``ce``, Yang et al. 2020)."""
     _check("ce", logits_S, logits_T, mask)
-    return reference.softmax_kl(logits_S, logits_T, temperature, mask, mode="ce")
+    return kd_kernels.softmax_kl(logits_S, logits_T, temperature, mask, mode="ce")
 
 
 def kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
-       temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """Hinton et al. 2015: ``T^2 * mean_rows KL(p_T || p_S)``; the T^2 keeps gradient magnitudes
-    comparable across temperatures."""
+       temperature: Temperature = 1.0) -> torch.Tensor:
+    """``T^2 * mean_rows KL(p_T || p_S)`` (Hinton et al. 2015); the T^2 keeps gradient
+    magnitudes comparable across temperatures. Equals ``ce`` times T^2 minus the teacher's
+    entropy, so it reaches 0 when the student matches the teacher."""
     _check("kl", logits_S, logits_T, mask)
-    return reference.softmax_kl(logits_S, logits_T, temperature, mask, mode="kl")
+    return kd_kernels.softmax_kl(logits_S, logits_T, temperature, mask, mode="kl")
 
 
 def mse(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
-        temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """TextBrewer's ``mse``: mean squared error of ``z / T`` over the entries of real rows
-    (Ba & Caruana 2014 match logits directly)."""
+        temperature: Temperature = 1.0) -> torch.Tensor:
+    """Mean squared error of ``z / T`` over the entries of real rows (TextBrewer's ``mse``; Ba &
+    Caruana 2014 regress logits directly)."""
     _check("mse", logits_S, logits_T, mask)
     return reference.logit_mse(logits_S, logits_T, temperature, mask)
+
+
+def reverse_kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
+               temperature: Temperature = 1.0) -> torch.Tensor:
+    """``T^2 * mean_rows KL(p_S || p_T)``, mode-seeking (MiniLLM, Gu et al. 2024): the student
+    puts its mass where the teacher is confident rather than covering the teacher's tail."""
+    _check("reverse_kl", logits_S, logits_T, mask)
+    return reference.reverse_kl(logits_S, logits_T, temperature, mask)
+
+
+def jsd(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
+        temperature: Temperature = 1.0, beta: float = 0.5) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence (GKD, Agarwal et al. 2024):
+    ``T^2 * mean_rows [beta KL(p_T || m) + (1 - beta) KL(p_S || m)]``, ``m = beta p_T +
+    (1 - beta) p_S``, ``0 < beta < 1`` (set it with ``kd_loss_params: {beta: ...}``)."""
+    _check("jsd", logits_S, logits_T, mask)
+    return reference.jsd(logits_S, logits_T, temperature, mask, beta=beta)
+
+
+LOGIT_LOSSES = {"ce": ce, "kl": kl, "mse": mse, "reverse_kl": reverse_kl, "jsd": jsd}
