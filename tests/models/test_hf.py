@@ -114,3 +114,13 @@ def test_adaptor_explains_a_model_without_known_attention_projections() -> None:
                                           r".*write a custom adaptor"):
         lookup("adaptors", "hf")().run(Odd(), {"input_ids": torch.zeros(1, 2, dtype=torch.long)},
                                        FeatureNeeds({"q": {0}}))
+
+
+def test_hooks_are_installed_only_on_the_layers_read() -> None:
+    from kd_models.attention_capture import capture_qkv
+
+    model = _tiny("bert")
+    with capture_qkv(model, {"q": {1}, "v": {-1}}):
+        hooked = sorted(name for name, m in model.named_modules() if m._forward_hooks)
+    assert hooked == ["bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.2.attention.self.value"]
+    assert not any(m._forward_hooks for m in model.modules())
