@@ -1,0 +1,125 @@
+"""The public ops and the choice of implementation behind them.
+
+``KD_KERNELS=auto`` (the default) runs the fused kernel where one is built for the device and
+the reference elsewhere, with one warning when a build failed; ``fused`` makes a missing kernel
+an error; ``reference`` always runs :mod:`kd_kernels.reference`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from kd_kernels import build, reference
+from kd_kernels.ops import compute_dtype
+
+OPS = ("softmax_kl", "relation_loss")
+CHOICES = ("auto", "fused", "reference")
+Temperature = float | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Which implementation of an op runs on a device, and why."""
+
+    name: str  # "fused" or "reference"
+    reason: str
+
+    @property
+    def fused(self) -> bool:
+        return self.name == "fused"
+
+
+def _choice() -> str:
+    choice = os.environ.get("KD_KERNELS", "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise ValueError(f"KD_KERNELS={choice!r} is not one of {', '.join(CHOICES)}")
+    return choice
+
+
+_DECISIONS: dict[tuple[str, str, str], Backend] = {}
+
+
+def backend(op: str, device: torch.device | str) -> Backend:
+    """The implementation ``op`` runs with on ``device`` ("cpu", "cuda", ...), and why."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; kd-kernels has {', '.join(OPS)}")
+    kind = torch.device(device).type
+    key = (op, kind, _choice())
+    if key not in _DECISIONS:
+        _DECISIONS[key] = _decide(kind, key[2])
+    return _DECISIONS[key]
+
+
+@torch.compiler.assume_constant_result
+def _fused(op: str, device_type: str) -> bool:
+    """Whether ``op`` runs fused on ``device_type``: a constant for torch.compile's tracing."""
+    return backend(op, device_type).fused
+
+
+def _decide(kind: str, choice: str) -> Backend:
+    if choice == "reference":
+        return Backend("reference", "KD_KERNELS=reference")
+    if kind not in ("cpu", "cuda"):
+        unavailable = f"no fused kernels for {kind} devices"
+    else:
+        built = build.extension(kind)
+        if built.loaded:
+            isa = f", {build.cpu_isa()}" if kind == "cpu" else ""
+            return Backend("fused", f"{built.name} ({built.path}{isa})")
+        unavailable = built.error or "not built"
+    if choice == "fused":
+        raise RuntimeError(f"KD_KERNELS=fused, but the fused {kind} kernels are unavailable: {unavailable}")
+    return Backend("reference", unavailable)
+
+
+def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: Temperature = 1.0,
+               mask: torch.Tensor | None = None, mode: str = "kl") -> torch.Tensor:
+    """Temperature-softmax distillation of logits [..., V] with rows [...] and a row ``mask``.
+
+    ``mode="kl"``: ``T^2 * mean_rows KL(p_T || p_S)``; ``mode="ce"``: ``mean_rows -sum p_T log p_S``;
+    ``temperature`` a float or a per-row tensor. The same formula as
+    :func:`kd_kernels.reference.softmax_kl`, which runs instead when no fused kernel is available
+    or when the teacher requires a gradient (the fused kernels differentiate the student only).
+    """
+    if mode not in ("kl", "ce"):
+        raise ValueError(f"softmax_kl mode must be 'kl' or 'ce', got {mode!r}")
+    if teacher_logits.requires_grad or not _fused("softmax_kl", student_logits.device.type):
+        return reference.softmax_kl(student_logits, teacher_logits, temperature, mask, mode)
+    vocab = student_logits.shape[-1]
+    student = student_logits.reshape(-1, vocab)
+    teacher = teacher_logits.reshape(-1, vocab)
+    dtype = compute_dtype(student_logits)
+    rows = student.shape[0]
+    if isinstance(temperature, torch.Tensor):
+        inv_temperature = (1.0 / temperature.to(dtype)).reshape(-1).expand(rows).contiguous()
+    else:
+        inv_temperature = torch.full((rows,), 1.0 / float(temperature), dtype=dtype, device=student.device)
+    real = (torch.ones(rows, dtype=dtype, device=student.device) if mask is None
+            else mask.reshape(-1).to(dtype))
+    loss, _, _ = torch.ops.kd.softmax_kl(student, teacher, inv_temperature, real / real.sum().clamp(min=1), mode)
+    return loss
+
+
+def relation_loss(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor,
+                  mask: torch.Tensor | None = None, kind: str = "kl", scale_s: float | None = None,
+                  scale_t: float | None = None) -> torch.Tensor:
+    """Distance between per-head relations ``R = scale * X Y^T`` of student ([B, H, L, d_s]) and
+    teacher ([B, H, L, d_t]) over real keys and queries: "kl", "ce" or "mse", ``scale`` defaulting
+    to ``1/sqrt(d)`` per side. The formula of :func:`kd_kernels.reference.relation_loss`; the
+    fused kernels compute it tile by tile and never hold an [L, L] matrix per head."""
+    if kind not in ("kl", "ce", "mse"):
+        raise ValueError(f"relation_loss kind must be 'kl', 'ce' or 'mse', got {kind!r}")
+    scale_s = xs.shape[-1] ** -0.5 if scale_s is None else float(scale_s)
+    scale_t = xt.shape[-1] ** -0.5 if scale_t is None else float(scale_t)
+    if xt.requires_grad or yt.requires_grad or not _fused("relation_loss", xs.device.type):
+        return reference.relation_loss(xs, ys, xt, yt, mask, kind, scale_s, scale_t)
+    batch, heads, length = xs.shape[:3]
+    dtype = compute_dtype(xs)
+    real = (torch.ones(batch, length, dtype=dtype, device=xs.device) if mask is None else mask.to(dtype))
+    lengths = real.sum(-1)
+    count = heads * ((lengths**2).sum() if kind == "mse" else lengths.sum())
+    loss, _, _ = torch.ops.kd.relation_loss(xs, ys, xt, yt, real, real / count.clamp(min=1), scale_s, scale_t, kind)
+    return loss

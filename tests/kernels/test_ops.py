@@ -1,0 +1,271 @@
+"""Every kd op against kd_kernels.reference on every available device: random and adversarial
+inputs, odd shapes, per-dtype tolerances, gradients, float64 gradcheck, torch.library.opcheck,
+padding invariance and torch.compile."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kd_kernels
+from kd_kernels import reference
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# Tolerances of the fused result against the reference run on the same (upcast) inputs. Low
+# precision inputs are computed in fp32 by both, so only the gradient, returned in the input
+# dtype, carries the dtype's own rounding.
+LOSS_TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (2e-5, 2e-5), torch.bfloat16: (2e-5, 2e-5),
+            torch.float16: (2e-5, 2e-5)}
+GRAD_TOL = {torch.float64: (1e-9, 1e-12), torch.float32: (1e-4, 1e-6), torch.bfloat16: (2e-2, 1e-3),
+            torch.float16: (2e-3, 1e-4)}
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# The backward ops have no derivative of their own (no double backward), so opcheck's gradient
+# check through AOT dispatch does not apply to them; the forward ops get every check.
+BACKWARD_OP_CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor")
+
+
+@pytest.fixture(autouse=True)
+def _fused_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KD_KERNELS", "fused")  # a missing kernel fails the test instead of passing on the reference
+    for device in DEVICES:
+        kd_kernels.backend("softmax_kl", device)  # loads the extension, so torch.ops.kd can be called directly
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _compare(fused: torch.Tensor, ref: torch.Tensor, inputs: list[torch.Tensor], dtype: torch.dtype) -> None:
+    rtol, atol = LOSS_TOL[dtype]
+    torch.testing.assert_close(fused[0], ref[0], rtol=rtol, atol=atol * max(1.0, abs(ref[0].item())))
+    rtol, atol = GRAD_TOL[dtype]
+    for got, want in zip(fused[1:], ref[1:], strict=True):
+        scale = want.abs().max().item() or 1.0
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol * scale)
+
+
+def _run(function, inputs: list[torch.Tensor], *args, **kwargs) -> list[torch.Tensor]:
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    value = function(*leaves, *args, **kwargs)
+    grads = torch.autograd.grad(value, leaves)
+    return [value.detach(), *grads]
+
+
+# -- softmax_kl --------------------------------------------------------------------------------
+
+def _logit_case(shape: tuple[int, ...], dtype: torch.dtype, device: str, seed: int = 0, scale: float = 4.0):
+    g = _gen(seed)
+    s = (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
+    t = (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
+    mask = (torch.rand(shape[:-1], generator=g) > 0.3).long().to(device)
+    return s, t, mask
+
+
+def _softmax_kl_check(s, t, temperature, mask, mode, dtype) -> None:
+    fused = _run(lambda x: kd_kernels.softmax_kl(x, t, temperature, mask, mode), [s])
+    ref = _run(lambda x: reference.softmax_kl(x, t, temperature, mask, mode), [s])
+    _compare(fused, ref, [s], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(41, 1271), (3, 7, 131), (1, 2), (5, 17), (2, 3, 1)], ids=str)
+@pytest.mark.parametrize("mode", ["kl", "ce"])
+def test_softmax_kl_matches_the_reference(device: str, dtype: torch.dtype, shape: tuple, mode: str) -> None:
+    s, t, mask = _logit_case(shape, dtype, device)
+    _softmax_kl_check(s, t, 4.0, mask, mode, dtype)
+    _softmax_kl_check(s, t, 1.0, None, mode, dtype)
+
+
+def _no_worse_than_eager(s, t, temperature, mask, mode) -> None:
+    """At extreme logits fp32 itself is the limit: the fused result must be as close to the
+    float64 truth as the fp32 reference is (within a factor of 4)."""
+    fused = _run(lambda x: kd_kernels.softmax_kl(x, t, temperature, mask, mode), [s])
+    eager = _run(lambda x: reference.softmax_kl(x, t, temperature, mask, mode), [s])
+    temperature64 = temperature.double() if isinstance(temperature, torch.Tensor) else temperature
+    truth = _run(lambda x: reference.softmax_kl(x, t.double(), temperature64, mask, mode), [s.double()])
+    for got, base, exact in zip(fused, eager, truth, strict=True):
+        floor = 1e-6 * exact.abs().max().item()
+        assert (got.double() - exact).abs().max() <= 4 * (base.double() - exact).abs().max() + floor
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 20.0])
+@pytest.mark.parametrize("mode", ["kl", "ce"])
+def test_softmax_kl_adversarial_logits(device: str, temperature: float, mode: str) -> None:
+    s, t, mask = _logit_case((16, 301), torch.float32, device, seed=1, scale=1e4)  # logits up to about +-4e4
+    t[2, :150] = -math.inf  # classes the teacher rules out
+    t[3, 5] = -math.inf
+    mask[4] = 0
+    rows = torch.arange(16, device=device)
+    per_row = (rows.float() % 5 + 1) * temperature / 3  # a per-row temperature tensor
+    _no_worse_than_eager(s, t, temperature, mask, mode)
+    _no_worse_than_eager(s, t, per_row.to(device), mask, mode)
+    moderate, t_moderate, _ = _logit_case((16, 301), torch.float32, device, seed=2, scale=30)
+    t_moderate[2, :150] = -math.inf
+    _softmax_kl_check(moderate, t_moderate, temperature, mask, mode, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_kl_fully_masked_rows_give_exact_zero_and_zero_gradient(device: str) -> None:
+    s, t, mask = _logit_case((4, 9, 33), torch.float32, device)
+    s = s.requires_grad_()
+    value = kd_kernels.softmax_kl(s, t, 2.0, torch.zeros_like(mask))
+    value.backward()
+    assert value.item() == 0.0 and torch.equal(s.grad, torch.zeros_like(s))
+    s.grad = None
+    mask[1] = 0  # one fully masked sequence: its rows take no part and get no gradient
+    kd_kernels.softmax_kl(s, t, 2.0, mask).backward()
+    assert torch.equal(s.grad[1], torch.zeros_like(s.grad[1])) and s.grad[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_softmax_kl_padding_changes_nothing(device: str) -> None:
+    s, t, mask = _logit_case((3, 6, 50), torch.float32, device)
+    pad = torch.randn(3, 4, 50, generator=_gen(5)).to(device) * 100
+    padded = kd_kernels.softmax_kl(torch.cat([s, pad], 1), torch.cat([t, -pad], 1), 3.0,
+                                   torch.cat([mask, torch.zeros(3, 4, dtype=mask.dtype, device=device)], 1))
+    torch.testing.assert_close(padded, kd_kernels.softmax_kl(s, t, 3.0, mask))
+
+
+@pytest.mark.parametrize("mode", ["kl", "ce"])
+def test_softmax_kl_gradcheck_float64(mode: str) -> None:
+    s, t, mask = _logit_case((3, 4, 11), torch.float64, "cpu")
+    temperature = torch.rand(3, 4, generator=_gen(2), dtype=torch.float64) * 3 + 0.5
+    assert torch.autograd.gradcheck(lambda x: kd_kernels.softmax_kl(x, t, temperature, mask, mode),
+                                    (s.requires_grad_(),))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["kl", "ce"])
+def test_softmax_kl_opcheck(device: str, mode: str) -> None:
+    s, t, mask = _logit_case((6, 37), torch.float32, device)
+    weight = mask.float() / mask.sum()
+    inv_t = torch.full((6,), 0.25, device=device)
+    torch.library.opcheck(torch.ops.kd.softmax_kl.default, (s.requires_grad_(), t, inv_t, weight, mode))
+    _, stats_s, stats_t = torch.ops.kd.softmax_kl(s, t, inv_t, weight, mode)
+    torch.library.opcheck(torch.ops.kd.softmax_kl_backward.default,
+                          (torch.tensor(1.0, device=device), s.detach(), t, inv_t, weight, stats_s, stats_t, mode),
+                          test_utils=BACKWARD_OP_CHECKS)
+
+
+# -- relation_loss -----------------------------------------------------------------------------
+
+def _relation_case(batch: int, heads: int, length: int, d_s: int, d_t: int, dtype: torch.dtype, device: str,
+                   seed: int = 0, scale: float = 1.0):
+    g = _gen(seed)
+    tensors = [torch.randn(batch, heads, length, d, generator=g, dtype=torch.float64) * scale
+               for d in (d_s, d_s, d_t, d_t)]
+    lengths = torch.randint(1, length + 1, (batch,), generator=g)
+    lengths[0] = length
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    return [x.to(dtype).to(device) for x in tensors], mask.to(device)
+
+
+def _relation_check(tensors, mask, kind, dtype, **scales) -> None:
+    xs, ys, xt, yt = tensors
+    fused = _run(lambda a, b: kd_kernels.relation_loss(a, b, xt, yt, mask, kind, **scales), [xs, ys])
+    ref = _run(lambda a, b: reference.relation_loss(a, b, xt, yt, mask, kind, **scales), [xs, ys])
+    _compare(fused, ref, [xs, ys], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 37, 5, 7), (1, 2, 130, 16, 32), (3, 1, 1, 3, 3), (2, 2, 129, 33, 8)],
+                         ids=str)
+@pytest.mark.parametrize("kind", ["kl", "ce", "mse"])
+def test_relation_loss_matches_the_reference(device: str, dtype: torch.dtype, shape: tuple, kind: str) -> None:
+    tensors, mask = _relation_case(*shape, dtype, device)
+    _relation_check(tensors, mask, kind, dtype)
+    _relation_check(tensors, None, kind, dtype, scale_s=0.3, scale_t=0.05)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["kl", "ce"])
+def test_relation_loss_with_large_relations(device: str, kind: str) -> None:
+    tensors, mask = _relation_case(2, 2, 70, 8, 8, torch.float32, device, seed=3, scale=6.0)  # peaked rows
+    _relation_check(tensors, mask, kind, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_value_relation_passes_the_same_tensor_twice(device: str) -> None:
+    (v_s, _, v_t, _), mask = _relation_case(2, 3, 40, 8, 12, torch.float32, device)
+    fused = _run(lambda v: kd_kernels.relation_loss(v, v, v_t, v_t, mask), [v_s])
+    ref = _run(lambda v: reference.relation_loss(v, v, v_t, v_t, mask), [v_s])
+    _compare(fused, ref, [v_s], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["kl", "ce", "mse"])
+def test_relation_loss_padding_and_masked_sequences(device: str, kind: str) -> None:
+    (xs, ys, xt, yt), mask = _relation_case(2, 2, 20, 4, 6, torch.float32, device)
+    pad = [torch.randn(*x.shape[:2], 9, x.shape[-1], generator=_gen(7)).to(device) * 30 for x in (xs, ys, xt, yt)]
+    padded_mask = torch.cat([mask, torch.zeros(2, 9, dtype=mask.dtype, device=device)], 1)
+    padded = kd_kernels.relation_loss(*(torch.cat([x, p], 2) for x, p in zip((xs, ys, xt, yt), pad, strict=True)),
+                                      padded_mask, kind)
+    torch.testing.assert_close(padded, kd_kernels.relation_loss(xs, ys, xt, yt, mask, kind))
+    xs = xs.requires_grad_()
+    value = kd_kernels.relation_loss(xs, ys, xt, yt, torch.zeros_like(mask), kind)
+    value.backward()
+    assert value.item() == 0.0 and torch.equal(xs.grad, torch.zeros_like(xs))
+
+
+@pytest.mark.parametrize("kind", ["kl", "ce", "mse"])
+def test_relation_loss_gradcheck_float64(kind: str) -> None:
+    (xs, ys, xt, yt), mask = _relation_case(2, 2, 9, 3, 5, torch.float64, "cpu")
+    assert torch.autograd.gradcheck(lambda a, b: kd_kernels.relation_loss(a, b, xt, yt, mask, kind),
+                                    (xs.requires_grad_(), ys.requires_grad_()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_relation_loss_opcheck(device: str, kind: str) -> None:
+    (xs, ys, xt, yt), mask = _relation_case(2, 2, 11, 4, 6, torch.float32, device)
+    real = mask.float()
+    weight = real / (2 * real.sum())
+    torch.library.opcheck(torch.ops.kd.relation_loss.default,
+                          (xs.requires_grad_(), ys.requires_grad_(), xt, yt, real, weight, 0.5, 0.4, kind))
+    _, stats_s, stats_t = torch.ops.kd.relation_loss(xs, ys, xt, yt, real, weight, 0.5, 0.4, kind)
+    torch.library.opcheck(torch.ops.kd.relation_loss_backward.default,
+                          (torch.tensor(1.0, device=device), xs.detach(), ys.detach(), xt, yt, real, weight,
+                           stats_s, stats_t, 0.5, 0.4, kind), test_utils=BACKWARD_OP_CHECKS)
+
+
+# -- compile and dispatch ----------------------------------------------------------------------
+
+def test_the_ops_compile_without_graph_breaks() -> None:
+    s, t, mask = _logit_case((4, 6, 50), torch.float32, "cpu")
+    (xs, ys, xt, yt), token_mask = _relation_case(2, 2, 12, 4, 6, torch.float32, "cpu")
+
+    def losses(s, xs):
+        return kd_kernels.softmax_kl(s, t, 2.0, mask) + kd_kernels.relation_loss(xs, xs, xt, xt, token_mask)
+
+    compiled = torch.compile(losses, fullgraph=True, backend="aot_eager")
+    eager = _run(losses, [s, xs])
+    traced = _run(compiled, [s, xs])
+    for got, want in zip(traced, eager, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_backend_reports_the_choice_and_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert kd_kernels.backend("softmax_kl", "cpu").fused
+    monkeypatch.setenv("KD_KERNELS", "reference")
+    choice = kd_kernels.backend("relation_loss", "cpu")
+    assert (choice.name, choice.reason) == ("reference", "KD_KERNELS=reference")
+    monkeypatch.setenv("KD_KERNELS", "fused")
+    with pytest.raises(RuntimeError, match="KD_KERNELS=fused, but the fused meta kernels are unavailable"):
+        kd_kernels.backend("softmax_kl", "meta")
+    monkeypatch.setenv("KD_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="KD_KERNELS='fastest' is not one of auto, fused, reference"):
+        kd_kernels.backend("softmax_kl", "cpu")
+    with pytest.raises(ValueError, match="unknown op 'softmax'"):
+        kd_kernels.backend("softmax", "cpu")
+
+
+def test_info_names_every_op_and_device() -> None:
+    from kd_kernels.info import report
+
+    text = report()
+    assert "softmax_kl on cpu: fused" in text and "relation_loss on cpu: fused" in text
