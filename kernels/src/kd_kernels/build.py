@@ -110,7 +110,7 @@ def extension(kind: str) -> Extension:
             _EXTENSIONS[kind] = Extension("kd_kernels_cuda", error="torch has no CUDA device")
         else:
             cflags = _cpu_flags() if kind == "cpu" else ["-O3", "-std=c++17"]
-            cuda_flags = ["-O3", "--use_fast_math", "-std=c++17"] if kind == "cuda" else None
+            cuda_flags = ["-O3", "-std=c++17"] if kind == "cuda" else None
             _EXTENSIONS[kind] = _build(kind, cflags, cuda_flags)
         if _EXTENSIONS[kind].error and os.environ.get("KD_KERNELS", "auto") != "reference":
             warnings.warn(f"kd-kernels: fused {kind} kernels unavailable ({_EXTENSIONS[kind].error}); "

@@ -54,9 +54,16 @@ def backend(op: str, device: torch.device | str) -> Backend:
 
 
 @torch.compiler.assume_constant_result
-def _fused(op: str, device_type: str) -> bool:
-    """Whether ``op`` runs fused on ``device_type``: a constant for torch.compile's tracing."""
+def _fused_on(op: str, device_type: str) -> bool:
     return backend(op, device_type).fused
+
+
+def _fused(op: str, x: torch.Tensor) -> bool:
+    """Whether ``op`` runs fused for inputs like ``x`` (a constant for torch.compile's tracing).
+    The CUDA kernels take fp32, fp16 and bf16; float64 on a GPU runs the reference."""
+    if x.device.type == "cuda" and x.dtype == torch.float64:
+        return False
+    return _fused_on(op, x.device.type)
 
 
 def _decide(kind: str, choice: str) -> Backend:
@@ -86,7 +93,7 @@ def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     """
     if mode not in ("kl", "ce"):
         raise ValueError(f"softmax_kl mode must be 'kl' or 'ce', got {mode!r}")
-    if teacher_logits.requires_grad or not _fused("softmax_kl", student_logits.device.type):
+    if teacher_logits.requires_grad or not _fused("softmax_kl", student_logits):
         return reference.softmax_kl(student_logits, teacher_logits, temperature, mask, mode)
     vocab = student_logits.shape[-1]
     student = student_logits.reshape(-1, vocab)
@@ -114,7 +121,7 @@ def relation_loss(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torc
         raise ValueError(f"relation_loss kind must be 'kl', 'ce' or 'mse', got {kind!r}")
     scale_s = xs.shape[-1] ** -0.5 if scale_s is None else float(scale_s)
     scale_t = xt.shape[-1] ** -0.5 if scale_t is None else float(scale_t)
-    if xt.requires_grad or yt.requires_grad or not _fused("relation_loss", xs.device.type):
+    if xt.requires_grad or yt.requires_grad or not _fused("relation_loss", xs):
         return reference.relation_loss(xs, ys, xt, yt, mask, kind, scale_s, scale_t)
     batch, heads, length = xs.shape[:3]
     dtype = compute_dtype(xs)

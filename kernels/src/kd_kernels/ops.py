@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-LIBRARY = torch.library.Library("kd", "DEF")  # noqa: TOR901 (kept alive for the process)
+LIBRARY = torch.library.Library("kd", "DEF")  # kept alive for the process: it owns the schemas
 LIBRARY.define("softmax_kl(Tensor student, Tensor teacher, Tensor inv_temperature, Tensor row_weight, str mode)"
                " -> (Tensor, Tensor, Tensor)")
 LIBRARY.define("softmax_kl_backward(Tensor grad_loss, Tensor student, Tensor teacher, Tensor inv_temperature, "
