@@ -85,4 +85,25 @@ def demo_command(quick: bool, output_dir: Path) -> None:
     run_demo(output_dir, quick=quick, echo=click.echo)
 
 
-BUILTIN_COMMANDS = (plugins_command, distill_command, train_command, demo_command)
+@click.command("size")
+@click.argument("model")
+@click.option("--task", default="sequence_classification", show_default=True,
+              help="The registered task that loads MODEL.")
+@click.option("--depth", type=click.IntRange(min=0), default=3, show_default=True,
+              help="How many levels of submodules to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a tree.")
+def size_command(model: str, task: str, depth: int, as_json: bool) -> None:
+    """Parameters and megabytes per module of MODEL (a directory, or package:MODULE)."""
+    from dataclasses import asdict
+
+    from kd_core.recipe import ModelSpec, task_for_name
+    from kd_core.size import format_sizes, module_sizes
+
+    rows = module_sizes(task_for_name(task).load_teacher(ModelSpec(model=model)), max_depth=depth)
+    if as_json:
+        click.echo(json.dumps([{**asdict(r), "megabytes": round(r.megabytes, 4)} for r in rows], indent=2))
+    else:
+        click.echo(format_sizes(rows))
+
+
+BUILTIN_COMMANDS = (plugins_command, distill_command, train_command, demo_command, size_command)

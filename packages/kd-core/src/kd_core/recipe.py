@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -67,21 +67,39 @@ class ModelSpec(ConfigModel):
     num_labels: int | None = Field(None, ge=1)
 
 
+class InitSpec(ConfigModel):
+    """A registered initializer and its options, e.g. ``{name: etd_impt, num_batches: 8}``."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Everything but the name, passed to the initializer as keyword arguments."""
+        return dict(self.model_extra or {})
+
+
 class StudentSpec(ConfigModel):
-    """A student: a registered ``preset``, a ``config`` that overrides the teacher's config, or
-    a ``model`` path; ``init`` names a registered initializer."""
+    """A student: a registered ``preset`` (its fields overridden by ``config``), a ``config`` that
+    overrides the teacher's config, or a ``model`` path; ``init`` names a registered initializer
+    (``etd_impt``) or gives it with options (``{name: etd_impt, num_batches: 8}``)."""
 
     model: str | None = None
     config: dict[str, Any] | None = None
     preset: str | None = None
-    init: str | None = None
+    init: str | InitSpec | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentSpec:
-        given = [k for k in ("model", "config", "preset") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give one of model, config, preset; got {', '.join(given)}")
+        if self.model is not None and (self.config is not None or self.preset is not None):
+            raise ValueError("give a model path, or a preset and/or config, not both")
         return self
+
+    @property
+    def initializer(self) -> InitSpec | None:
+        """``init`` as an InitSpec (a bare name has no options)."""
+        return InitSpec(name=self.init) if isinstance(self.init, str) else self.init
 
 
 class TrainingSpec(ConfigModel):
@@ -124,6 +142,7 @@ class Recipe(ConfigModel):
     data: DataSpec
     teacher: ModelSpec
     student: StudentSpec = Field(default_factory=StudentSpec)
+    assistants: list[StudentSpec] = Field(default_factory=list)
     training: TrainingSpec
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -164,12 +183,17 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node[parts[-1]] = value
 
 
-def task_for(recipe: Recipe) -> Task:
-    """The registered task the recipe names."""
+def task_for_name(name: str) -> Task:
+    """The registered task called ``name``; a ConfigError lists the registered ones."""
     try:
-        return lookup("tasks", recipe.task)
+        return lookup("tasks", name)
     except LookupError as exc:
         raise ConfigError(f"task: {exc}") from None
+
+
+def task_for(recipe: Recipe) -> Task:
+    """The registered task the recipe names."""
+    return task_for_name(recipe.task)
 
 
 def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = None,
@@ -197,39 +221,91 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
 
 def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = None,
                 resume: bool = False, teacher_result: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Distill the recipe's teacher into its student (``kd distill``).
+    """Distill the recipe's teacher into its student (``kd distill``), through its assistants if
+    it lists any: teacher -> assistant 1 -> ... -> student, each stage's student becoming the next
+    stage's teacher (MiniLM section 3.3), all with the recipe's training and distillation settings.
 
     Writes ``output_dir/student`` (save_pretrained, safetensors), ``metrics.jsonl``,
-    ``checkpoints/`` and ``report.json``; returns the report. ``teacher_result`` is the teacher's
-    :func:`measure` on the same eval data when the caller already has it (the demo measures its
-    teacher once, after fine-tuning, for all its students); otherwise the teacher is measured here.
+    ``checkpoints/`` and ``report.json``, and each assistant's run under ``output_dir/assistant-N``;
+    returns the report. ``teacher_result`` is the teacher's :func:`measure` on the same eval data
+    when the caller already has it (the demo measures its teacher once, after fine-tuning, for all
+    its students); otherwise the teacher is measured here. With ``resume``, finished assistants
+    are loaded from their folders and the interrupted stage continues from its checkpoint.
     """
     output_dir = Path(output_dir)
     task = task_for(recipe)
     seed_everything(recipe.training.seed)
     teacher = task.load_teacher(recipe.teacher)
     data = task.prepare_data(recipe.data, recipe.teacher, base_dir)
-    student = task.build_student(recipe.student, teacher)
-    if recipe.student.init is not None:
-        try:
-            initializer = lookup("initializers", recipe.student.init)
-        except LookupError as exc:
-            raise ConfigError(f"student.init: {exc}") from None
-        student = initializer(teacher, student)
-    distiller = GeneralDistiller(_training_config(recipe, output_dir), recipe.distillation,
-                                 teacher, student, task.adaptor(teacher), task.adaptor(student))
-    _fit(distiller, student, recipe, data, resume)
-    task.save_model(student, output_dir / "student", recipe.teacher)
+    assistants = []
+    current_teacher = teacher
+    for index, spec in enumerate(recipe.assistants, start=1):
+        current_teacher = _assistant_stage(task, recipe, spec, current_teacher, data, output_dir / f"assistant-{index}",
+                                           resume)
+        assistants.append(current_teacher)
+    student = _distill_stage(task, recipe, recipe.student, current_teacher, data, output_dir, resume)
     report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
     if data.eval is not None:
         if teacher_result is None:
             teacher_result = measure(teacher, task.adaptor(teacher), data, recipe)
-        student_result = measure(student, task.adaptor(student), data, recipe)
-        student_result["retention"] = _retention(student_result["value"], teacher_result["value"])
         report["teacher"] = teacher_result
-        report["student"] = student_result
+        if assistants:
+            report["assistants"] = [_measure_against(a, task, data, recipe, teacher_result) for a in assistants]
+        report["student"] = _measure_against(student, task, data, recipe, teacher_result)
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
+
+
+STAGE_DONE = "STAGE_COMPLETE"
+
+
+def _distill_stage(task: Task, recipe: Recipe, spec: StudentSpec, teacher: nn.Module, data: PreparedData,
+                   output_dir: Path, resume: bool) -> nn.Module:
+    """Build, initialise and distill one student from ``teacher``; save it to ``output_dir/student``."""
+    student = build_student(task, spec, teacher, data, recipe.training)
+    distiller = GeneralDistiller(_training_config(recipe, output_dir), recipe.distillation,
+                                 teacher, student, task.adaptor(teacher), task.adaptor(student))
+    _fit(distiller, student, recipe, data, resume)
+    task.save_model(student, output_dir / "student", recipe.teacher)
+    return student
+
+
+def _assistant_stage(task: Task, recipe: Recipe, spec: StudentSpec, teacher: nn.Module, data: PreparedData,
+                     output_dir: Path, resume: bool) -> nn.Module:
+    """One teacher-assistant stage; a stage finished by an earlier run is loaded when resuming."""
+    saved = output_dir / "student"
+    if resume and (output_dir / STAGE_DONE).is_file():
+        return task.load_teacher(ModelSpec(model=str(saved)))
+    assistant = _distill_stage(task, recipe, spec, teacher, data, output_dir, resume)
+    write_text_atomic(output_dir / STAGE_DONE, f"{saved}\n")
+    return assistant
+
+
+def _measure_against(model: nn.Module, task: Task, data: PreparedData, recipe: Recipe,
+                     teacher_result: dict[str, Any]) -> dict[str, Any]:
+    result = measure(model, task.adaptor(model), data, recipe)
+    result["retention"] = _retention(result["value"], teacher_result["value"])
+    return result
+
+
+def build_student(task: Task, spec: StudentSpec, teacher: nn.Module, data: PreparedData,
+                  training: TrainingSpec) -> nn.Module:
+    """The student the spec describes, initialised by its ``init`` (which may read batches of the
+    training data, e.g. ETD's Taylor importance)."""
+    student = task.build_student(spec, teacher)
+    init = spec.initializer
+    if init is None:
+        return student
+    try:
+        initializer = lookup("initializers", init.name)
+    except LookupError as exc:
+        raise ConfigError(f"student.init: {exc}") from None
+    loader = DataLoader(data.train, batch_size=training.batch_size, shuffle=True, collate_fn=data.collate,
+                        generator=torch.Generator().manual_seed(training.seed))
+    try:
+        return initializer(teacher, student, data=loader, **init.options)
+    except TypeError as exc:
+        raise ConfigError(f"student.init {init.name!r}: {exc}") from None
 
 
 def _training_config(recipe: Recipe, output_dir: Path) -> TrainingConfig:
