@@ -9,6 +9,7 @@ import torch
 
 from kd_core import ConfigError, FeatureNeeds, lookup
 from kd_core.recipe import DataSpec, ModelSpec, StudentSpec
+from tests.models.tiny import tiny_model
 
 
 def test_adaptor_gives_hidden_states_only_when_the_plan_reads_them(tiny_teacher_dir: Path) -> None:
@@ -73,38 +74,6 @@ def test_package_model_paths_resolve(minilm_path: Path) -> None:
         resolve_model_path("package:no_such_pkg")
 
 
-def _tiny(model_type: str) -> torch.nn.Module:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    sizes = {"distilbert": {"dim": 32, "n_layers": 3, "n_heads": 4, "hidden_dim": 64, "dropout": 0.0,
-                            "attention_dropout": 0.0},
-             "bert": {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 64,
-                      "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}[model_type]
-    config = AutoConfig.for_model(model_type, vocab_size=100, max_position_embeddings=32, **sizes)
-    torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").eval()
-
-
-@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
-def test_adaptor_captures_qkv_and_reproduces_the_models_attention(model_type: str) -> None:
-    model = _tiny(model_type)
-    batch = {"input_ids": torch.randint(1, 100, (2, 7), generator=torch.Generator().manual_seed(0)),
-             "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3])}
-    needs = FeatureNeeds({"attention": {1, -1}, "v": {0}, "q": {2}, "attention_scores": {2}})
-    features = lookup("adaptors", "hf")().run(model, batch, needs)
-    assert all(not m._forward_hooks for m in model.modules()), "hooks must not outlive the forward pass"
-    assert [x is not None for x in features["attention"]] == [False, True, True]
-    assert [x is not None for x in features["v"]] == [True, False, False]
-    assert features["v"][0].shape == (2, 4, 7, 8)  # [B, H, L, d]
-    eager = model(**batch, output_attentions=True).attentions
-    real_rows = batch["attention_mask"].bool()[:, None, :, None].expand(-1, 4, -1, 7)
-    for layer in (1, 2):
-        torch.testing.assert_close(features["attention"][layer][real_rows], eager[layer][real_rows])
-    scores = features["attention_scores"][2]
-    torch.testing.assert_close(scores.masked_fill(batch["attention_mask"][:, None, None, :] == 0, -1e9).softmax(-1),
-                               features["attention"][2])
-
-
 def test_adaptor_explains_a_model_without_known_attention_projections() -> None:
     class Odd(torch.nn.Module):
         def forward(self, input_ids, attention_mask=None, **kwargs):
@@ -119,7 +88,7 @@ def test_adaptor_explains_a_model_without_known_attention_projections() -> None:
 def test_hooks_are_installed_only_on_the_layers_read() -> None:
     from kd_models.attention_capture import capture_qkv
 
-    model = _tiny("bert")
+    model = tiny_model("bert")
     with capture_qkv(model, {"q": {1}, "v": {-1}}):
         hooked = sorted(name for name, m in model.named_modules() if m._forward_hooks)
     assert hooked == ["bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.2.attention.self.value"]

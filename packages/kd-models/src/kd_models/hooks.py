@@ -1,18 +1,35 @@
-"""kd-models' plugin module: registers its adaptors and tasks with kd."""
+"""kd-models' plugin module: registers its adaptors, tasks, students and initializers."""
 
 from __future__ import annotations
 
 from kd_core import hookimpl
 from kd_core.hookspecs import Register
-from kd_models.adaptors import HFAdaptor
+from kd_models import initializers, students
+from kd_models.adaptors import HFAdaptor, RNNAdaptor
 from kd_models.tasks import SequenceClassificationTask
 
 
 @hookimpl
 def kd_register_adaptors(register: Register) -> None:
     register("hf", HFAdaptor)
+    register("rnn", RNNAdaptor)
 
 
 @hookimpl
 def kd_register_tasks(register: Register) -> None:
     register("sequence_classification", SequenceClassificationTask())
+
+
+@hookimpl
+def kd_register_students(register: Register) -> None:
+    for name, builder in students.PRESET_BUILDERS.items():
+        register(name, builder)
+    register("bilstm", students.bilstm)
+    register("bigru", students.bigru)
+
+
+@hookimpl
+def kd_register_initializers(register: Register) -> None:
+    register("layer_copy", initializers.layer_copy)
+    register("etd_rand", initializers.etd_rand)
+    register("etd_impt", initializers.etd_impt)

@@ -15,8 +15,9 @@ from kd_core.errors import ConfigError
 from kd_core.plugins import lookup
 from kd_core.recipe import DataFile, DataSpec, ModelSpec, StudentSpec
 from kd_core.tasks import PreparedData
-from kd_models.adaptors import HFAdaptor
+from kd_models.adaptors import HFAdaptor, RNNAdaptor
 from kd_models.paths import resolve_model_path
+from kd_models.rnn import BiRNNPreTrainedModel
 
 
 @lru_cache(maxsize=8)
@@ -63,13 +64,13 @@ class SequenceClassificationTask:
         if spec.model is not None:
             return AutoModelForSequenceClassification.from_pretrained(
                 resolve_model_path(spec.model), num_labels=teacher.config.num_labels)
+        overrides = dict(spec.config or {})
         if spec.preset is not None:
             try:
                 builder = lookup("students", spec.preset)
             except LookupError as exc:
                 raise ConfigError(f"student.preset: {exc}") from None
-            return builder(teacher)
-        overrides = dict(spec.config or {})
+            return builder(teacher, **overrides)
         base = teacher.config.to_dict()
         unknown = [k for k in overrides if k not in base]
         if unknown:
@@ -104,7 +105,7 @@ class SequenceClassificationTask:
         return TokenizedDataset(examples)
 
     def adaptor(self, model: nn.Module) -> HFAdaptor:
-        return HFAdaptor()
+        return RNNAdaptor() if isinstance(model, BiRNNPreTrainedModel) else HFAdaptor()
 
     def save_model(self, model: nn.Module, directory: Path, teacher_spec: ModelSpec) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,77 @@
+"""Student initializers, registered under ``initializers``:
+``init(teacher, student, data=None, **options) -> student``.
+
+The ``student`` passed in gives the target shape (depth, width, FFN width; the head count must be
+the teacher's); the initializer returns a model of that shape whose weights come from the teacher:
+
+- ``layer_copy``: the teacher's layers at full width (DistilBERT's initialisation);
+- ``etd_rand``: ETD with randomly chosen dimensions;
+- ``etd_impt``: ETD with the most important dimensions by first-order Taylor importance, measured
+  on ``num_batches`` batches of ``data`` (the recipe passes its training data).
+
+``options``: ``layer_selection`` (``uniform``, ``top``, ``bottom`` or a list of indices),
+``hidden_consistency`` (False for the paper's ablation), ``seed`` (``etd_rand``), ``num_batches``
+(``etd_impt``, default 16).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from kd_core.errors import ConfigError
+from kd_models.extraction import LayerSelection, Method, extract_student
+from kd_models.layouts import shape_of
+
+DEFAULT_IMPORTANCE_BATCHES = 16
+
+
+def _target_shape(teacher: nn.Module, student: nn.Module, initializer: str) -> tuple[int, int, int]:
+    if type(student) is not type(teacher):
+        raise ConfigError(f"student.init {initializer!r} copies weights from the teacher, so the student must be a "
+                          f"{type(teacher).__name__} like it, not a {type(student).__name__}")
+    layers, width, ffn, heads = shape_of(student)
+    teacher_heads = shape_of(teacher)[3]
+    if heads != teacher_heads:
+        raise ConfigError(f"student.init {initializer!r} keeps the teacher's {teacher_heads} attention heads; the "
+                          f"student has {heads}. Set the student's head count to {teacher_heads}")
+    return layers, width, ffn
+
+
+def _extract(teacher: nn.Module, student: nn.Module, name: str, method: Method, data: Iterable[Any] | None,
+             layer_selection: LayerSelection, hidden_consistency: bool, seed: int,
+             num_batches: int | None) -> nn.Module:
+    layers, width, ffn = _target_shape(teacher, student, name)
+    return extract_student(teacher, layers, width, ffn, method=method, layer_selection=layer_selection,
+                           dataloader=data, num_batches=num_batches, hidden_consistency=hidden_consistency,
+                           seed=seed)
+
+
+def layer_copy(teacher: nn.Module, student: nn.Module, data: Iterable[Any] | None = None,
+               layer_selection: LayerSelection = "uniform") -> nn.Module:
+    """Copy a selection of the teacher's layers at full width (DistilBERT, Sanh et al. 2019)."""
+    _, width, ffn = _target_shape(teacher, student, "layer_copy")
+    _, teacher_width, teacher_ffn, _ = shape_of(teacher)
+    if (width, ffn) != (teacher_width, teacher_ffn):
+        raise ConfigError(f"student.init 'layer_copy' keeps the teacher's width ({teacher_width}, FFN {teacher_ffn}); "
+                          f"the student is {width} wide with FFN {ffn}. Use etd_rand or etd_impt to shrink the width")
+    return _extract(teacher, student, "layer_copy", "first", None, layer_selection, True, 0, None)
+
+
+def etd_rand(teacher: nn.Module, student: nn.Module, data: Iterable[Any] | None = None,
+             layer_selection: LayerSelection = "uniform", hidden_consistency: bool = True,
+             seed: int = 0) -> nn.Module:
+    """ETD-Rand: randomly chosen hidden, head and FFN dimensions of the teacher (seeded)."""
+    return _extract(teacher, student, "etd_rand", "rand", None, layer_selection, hidden_consistency, seed, None)
+
+
+def etd_impt(teacher: nn.Module, student: nn.Module, data: Iterable[Any] | None = None,
+             layer_selection: LayerSelection = "uniform", hidden_consistency: bool = True,
+             num_batches: int = DEFAULT_IMPORTANCE_BATCHES) -> nn.Module:
+    """ETD-Impt: the teacher's most important dimensions by Taylor importance over ``data``."""
+    if data is None:
+        raise ConfigError("student.init 'etd_impt' needs labelled batches to measure importance; in Python pass "
+                          "data=a DataLoader (kd distill passes the recipe's training data)")
+    return _extract(teacher, student, "etd_impt", "impt", data, layer_selection, hidden_consistency, 0, num_batches)
