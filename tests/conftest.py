@@ -83,6 +83,12 @@ def textbrewer_losses() -> types.ModuleType:
 
 
 @pytest.fixture(scope="session")
+def textbrewer_projections() -> types.ModuleType:
+    """textbrewer.projections: the oracle for how projections are initialised."""
+    return _textbrewer_module("projections")
+
+
+@pytest.fixture(scope="session")
 def textbrewer_schedulers() -> types.ModuleType:
     """textbrewer.schedulers: the oracle for its temperature and weight schedulers."""
     return _textbrewer_module("schedulers")

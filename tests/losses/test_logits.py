@@ -87,8 +87,14 @@ def test_wrong_shapes_name_both_shapes() -> None:
         lookup("losses", "hidden_mse")(torch.zeros(2, 5, 8), torch.zeros(2, 5, 16))
     with pytest.raises(ShapeError, match=r"mask \(2, 4\) does not match the inputs' rows \(2, 5\)"):
         lookup("losses", "cos")(torch.zeros(2, 5, 8), torch.zeros(2, 5, 8), mask=torch.ones(2, 4))
-    with pytest.raises(ShapeError, match=r"shape \(7,\)"):
-        lookup("losses", "kl")(torch.zeros(7), torch.zeros(7))
+    with pytest.raises(ShapeError, match=r"kl: got student \(7,\) and teacher \(7, 2\); both must be \[B, C\]"):
+        lookup("losses", "kl")(torch.zeros(7), torch.zeros(7, 2))
+    with pytest.raises(ShapeError, match=r"temperature \(4,\) does not match the logits' rows \(4, 4\)"):
+        lookup("losses", "kl")(torch.zeros(4, 4, 3), torch.zeros(4, 4, 3), temperature=torch.ones(4))
+    with pytest.raises(ShapeError, match=r"mask must be a tensor or None, got float.*temperature by keyword"):
+        lookup("losses", "ce")(torch.zeros(2, 3), torch.zeros(2, 3), 4.0)  # TextBrewer's positional temperature
+    with pytest.raises(ShapeError, match=r"got student a \(Q, K\) pair and teacher \(2, 2, 4, 4\)"):
+        lookup("losses", "attention_kl")((torch.zeros(2, 2, 4, 8),) * 2, torch.zeros(2, 2, 4, 4))
     with pytest.raises(ShapeError, match=r"student \(2, 3, 4, 8\) and teacher \(2, 2, 4, 8\) must agree"):
         lookup("losses", "value_relation_kl")(torch.zeros(2, 3, 4, 8), torch.zeros(2, 2, 4, 8))
     with pytest.raises(ShapeError, match=r"fsp: the student input must be a pair"):

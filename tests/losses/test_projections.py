@@ -31,3 +31,19 @@ def test_projection_parameters_form_their_own_optimizer_group() -> None:
     assert len(groups) == 2
     assert "lr" not in groups[0] and groups[1]["lr"] == 3e-3
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in plan.parameters()}
+
+
+@pytest.mark.parametrize("name", ["linear", "relu", "tanh"])
+def test_projections_start_like_textbrewers(name: str, textbrewer_projections) -> None:
+    # TextBrewer draws projection weights from N(0, 0.02) and zeroes the bias.
+    torch.manual_seed(0)
+    ours = list(lookup("projections", name)(384, 768).parameters())
+    torch.manual_seed(0)
+    factory = (textbrewer_projections.linear_projection if name == "linear"
+               else textbrewer_projections.projection_with_activation({"relu": "ReLU", "tanh": "Tanh"}[name]))
+    theirs = list(factory(384, 768).parameters())
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert mine.shape == reference.shape
+        assert mine.std().item() == pytest.approx(reference.std().item(), rel=0.02)
+        assert mine.mean().item() == pytest.approx(reference.mean().item(), abs=1e-3)
+    assert torch.all(ours[1] == 0) and ours[0].std().item() == pytest.approx(0.02, rel=0.02)

@@ -150,3 +150,35 @@ def test_attention_ce_with_unmasked_scores_ignores_padded_keys_where_textbrewer_
     ours = lookup("losses", "attention_ce")(s, t, mask=mask)
     _close(ours, textbrewer_losses.att_ce_loss(*(x + (1 - mask[:, None, None, :]) * MASK_VALUE for x in (s, t)),
                                                mask=mask))
+
+
+@pytest.mark.parametrize("name,oracle", [("hidden_mse", "hid_mse_loss"), ("cos", "cos_loss")])
+def test_hidden_losses_on_pooled_vectors(textbrewer_losses, name: str, oracle: str) -> None:
+    s, t = _randn(B, D, seed=31), _randn(B, D, seed=32)
+    _close(lookup("losses", name)(s, t), getattr(textbrewer_losses, oracle)(s, t))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_fsp_between_layers_of_different_widths(textbrewer_losses, masked: bool) -> None:
+    s = [_randn(B, L, D, seed=33), _randn(B, L, 8, seed=34)]
+    t = [_randn(B, L, D, seed=35), _randn(B, L, 8, seed=36)]
+    mask = _mask() if masked else None
+    _close(lookup("losses", "fsp")(s, t, mask=mask), textbrewer_losses.fsp_loss(s, t, mask=mask))
+
+
+def test_an_all_padding_example_counts_for_nothing_where_textbrewer_gives_nan_or_counts_it(textbrewer_losses) -> None:
+    # A batch with one example that has no real token (an empty sentence after truncation):
+    # TextBrewer's fsp divides by its zero length and returns NaN, and its pkd ignores the mask
+    # and counts the example's padding state as its [CLS]. kd leaves the example out of both, so
+    # each loss equals TextBrewer's on the other examples.
+    mask = _mask()
+    mask[-1] = 0
+    s = [_randn(B, L, D, seed=37), _randn(B, L, D, seed=38)]
+    t = [_randn(B, L, D, seed=39), _randn(B, L, D, seed=40)]
+    assert torch.isnan(textbrewer_losses.fsp_loss(s, t, mask=mask))
+    _close(lookup("losses", "fsp")(s, t, mask=mask),
+           textbrewer_losses.fsp_loss([x[:-1] for x in s], [x[:-1] for x in t], mask=mask[:-1]))
+    s, t = s[0], t[0]
+    ours, rest = lookup("losses", "pkd")(s, t, mask=mask), textbrewer_losses.pkd_loss(s[:-1], t[:-1], mask=mask[:-1])
+    _close(ours, rest)
+    assert not torch.allclose(textbrewer_losses.pkd_loss(s, t, mask=mask), rest)

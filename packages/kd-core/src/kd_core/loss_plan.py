@@ -123,8 +123,8 @@ class LossPlan(nn.Module):
         logits_T = _as_list(_feature(features_T, "logits", "teacher"))
         if len(logits_S) != len(logits_T):
             raise ShapeError(f"student gives {len(logits_S)} logits tensors, teacher {len(logits_T)}")
-        masks = _as_list(features_S.get("logits_mask", features_T.get("logits_mask")), len(logits_S))
-        labels = _as_list(features_S.get("labels", features_T.get("labels")), len(logits_S))
+        masks = _as_list(_either(features_S, features_T, "logits_mask"), len(logits_S))
+        labels = _as_list(_either(features_S, features_T, "labels"), len(logits_S))
         total = 0.0
         for l_S, l_T, mask, label in zip(logits_S, logits_T, masks, labels, strict=True):
             l_T = l_T.detach()
@@ -247,6 +247,12 @@ def _layers(features: Features, feature: str, layer: int | list[int], side: str,
                 f"distillation.intermediate_matches[{index}]: the {side}'s adaptor did not capture "
                 f"layer {i} of {feature!r}; an adaptor must fill every layer named in FeatureNeeds")
     return [values[i] for i in picks] if isinstance(layer, list) else values[layer]
+
+
+def _either(features_S: Features, features_T: Features, key: str) -> Any:
+    """The student's ``key`` where it has one (not None), else the teacher's."""
+    value = features_S.get(key)
+    return features_T.get(key) if value is None else value
 
 
 def _as_list(value: Any, length: int | None = None) -> list[Any]:

@@ -18,7 +18,7 @@ import torch
 import kd_kernels
 from kd_core.errors import ShapeError
 from kd_kernels import reference
-from kd_losses.checks import is_pair, pair, rank, same_shape, same_shape_but_width, token_mask
+from kd_losses.checks import is_pair, pair, rank, ranks, same_kind, same_shape, same_shape_but_width, token_mask
 
 _MAPS = "[B, H, L, L] attention maps (or [B, L, L])"
 _QK = "(Q, K) of [B, H, L, d] per-head states"
@@ -26,7 +26,7 @@ AttentionInput = torch.Tensor | Sequence[torch.Tensor]
 
 
 def _maps(name: str, maps_S: torch.Tensor, maps_T: torch.Tensor, mask: torch.Tensor | None) -> None:
-    rank(name, "student", maps_S, (3, 4), _MAPS)
+    ranks(name, maps_S, maps_T, (3, 4), _MAPS)
     same_shape(name, maps_S, maps_T, _MAPS)
     if maps_S.shape[-1] != maps_S.shape[-2]:
         raise ShapeError(f"{name}: maps {tuple(maps_S.shape)} are not square in their last two "
@@ -50,7 +50,9 @@ def qk_pairs(name: str, input_S: AttentionInput, input_T: AttentionInput,
 def attention_mse(attention_S: AttentionInput, attention_T: AttentionInput,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """``mean_{h, real i, real j} (A_S - A_T)^2`` (TextBrewer's ``attention_mse``). On
-    pre-softmax scores, or on (Q, K) pairs, this is TinyBERT's attention loss (Jiao et al. 2020)."""
+    pre-softmax scores, or on (Q, K) pairs, this is TinyBERT's attention loss (Jiao et al. 2020).
+    Maps [B, H, L, L] (or [B, L, L]) or (Q, K) pairs of [B, H, L, d]; mask [B, L]."""
+    same_kind("attention_mse", attention_S, attention_T, f"{_MAPS} or {_QK}")
     if is_pair(attention_S):
         return kd_kernels.relation_loss(*qk_pairs("attention_mse", attention_S, attention_T, mask),
                                        mask, kind="mse")
@@ -61,9 +63,9 @@ def attention_mse(attention_S: AttentionInput, attention_T: AttentionInput,
 def attention_mse_sum(attention_S: torch.Tensor, attention_T: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """TextBrewer's ``attention_mse_sum``: the maps summed over heads, then
-    ``mean_{real i, real j} (sum_h A_S - sum_h A_T)^2``; the head counts may then differ."""
-    rank("attention_mse_sum", "student", attention_S, (3, 4), _MAPS)
-    rank("attention_mse_sum", "teacher", attention_T, (3, 4), _MAPS)
+    ``mean_{real i, real j} (sum_h A_S - sum_h A_T)^2``; the head counts may then differ.
+    Maps [B, H, L, L] (or [B, L, L]); mask [B, L]."""
+    ranks("attention_mse_sum", attention_S, attention_T, (3, 4), _MAPS)
     summed_S = reference.upcast(attention_S).sum(1) if attention_S.dim() == 4 else attention_S
     summed_T = reference.upcast(attention_T).sum(1) if attention_T.dim() == 4 else attention_T
     _maps("attention_mse_sum", summed_S, summed_T, mask)
@@ -73,7 +75,9 @@ def attention_mse_sum(attention_S: torch.Tensor, attention_T: torch.Tensor,
 def attention_ce(attention_S: AttentionInput, attention_T: AttentionInput,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """TextBrewer's ``attention_ce`` on pre-softmax scores: ``mean_{h, real i} -sum_{real j}
-    softmax(A_T)_ij log softmax(A_S)_ij``, each softmax over the real keys."""
+    softmax(A_T)_ij log softmax(A_S)_ij``, each softmax over the real keys. Scores [B, H, L, L]
+    (or [B, L, L]) or (Q, K) pairs of [B, H, L, d]; mask [B, L]."""
+    same_kind("attention_ce", attention_S, attention_T, f"{_MAPS} or {_QK}")
     if is_pair(attention_S):
         return kd_kernels.relation_loss(*qk_pairs("attention_ce", attention_S, attention_T, mask),
                                        mask, kind="ce")
@@ -84,9 +88,9 @@ def attention_ce(attention_S: AttentionInput, attention_T: AttentionInput,
 def attention_ce_mean(attention_S: torch.Tensor, attention_T: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """TextBrewer's ``attention_ce_mean``: the scores averaged over heads, then ``attention_ce``
-    of the [B, L, L] means; the head counts may then differ."""
-    rank("attention_ce_mean", "student", attention_S, (3, 4), _MAPS)
-    rank("attention_ce_mean", "teacher", attention_T, (3, 4), _MAPS)
+    of the [B, L, L] means; the head counts may then differ. Scores [B, H, L, L] (or [B, L, L]);
+    mask [B, L]."""
+    ranks("attention_ce_mean", attention_S, attention_T, (3, 4), _MAPS)
     mean_S = reference.upcast(attention_S).mean(1) if attention_S.dim() == 4 else attention_S
     mean_T = reference.upcast(attention_T).mean(1) if attention_T.dim() == 4 else attention_T
     _maps("attention_ce_mean", mean_S, mean_T, mask)
@@ -99,6 +103,7 @@ def attention_kl(attention_S: AttentionInput, attention_T: AttentionInput,
     ``mean_{h, real i} KL(A_T,h,i || A_S,h,i)`` over the real keys. Takes attention probabilities
     [B, H, L, L] (renormalised over the real keys) or (Q, K) pairs, from which
     ``A = softmax(Q K^T / sqrt(d))`` with each side's own head size d."""
+    same_kind("attention_kl", attention_S, attention_T, f"{_MAPS} or {_QK}")
     if is_pair(attention_S):
         return kd_kernels.relation_loss(*qk_pairs("attention_kl", attention_S, attention_T, mask),
                                        mask, kind="kl")

@@ -11,49 +11,53 @@ import torch
 
 import kd_kernels
 from kd_kernels import reference
-from kd_losses.checks import rank, row_mask, same_shape
+from kd_losses.checks import ranks, row_mask, same_shape, temperature_rows
 
 _LOGITS = "[B, C] or [B, L, C] logits"
 _MASK = "[B] or [B, L] row mask"
 Temperature = float | torch.Tensor
 
 
-def _check(name: str, logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None) -> None:
-    rank(name, "student", logits_S, (2, 3), _LOGITS)
+def _check(name: str, logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None,
+           temperature: Temperature) -> None:
+    ranks(name, logits_S, logits_T, (2, 3), _LOGITS)
     same_shape(name, logits_S, logits_T, _LOGITS)
     row_mask(name, mask, logits_S.shape[:-1], _MASK)
+    temperature_rows(name, temperature, logits_S.shape[:-1])
 
 
 def ce(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
        temperature: Temperature = 1.0) -> torch.Tensor:
     """Soft cross-entropy ``mean_rows -sum_c p_T log p_S`` with ``p = softmax(z / T)`` and no T^2
-    factor (TextBrewer's ``ce``, Yang et al. 2020)."""
-    _check("ce", logits_S, logits_T, mask)
+    factor (TextBrewer's ``ce``, Yang et al. 2020). Logits [B, C] or [B, L, C], mask [B] or [B, L],
+    temperature a number or per row."""
+    _check("ce", logits_S, logits_T, mask, temperature)
     return kd_kernels.softmax_kl(logits_S, logits_T, temperature, mask, mode="ce")
 
 
 def kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
        temperature: Temperature = 1.0) -> torch.Tensor:
     """``T^2 * mean_rows KL(p_T || p_S)`` (Hinton et al. 2015); the T^2 keeps gradient
-    magnitudes comparable across temperatures. Equals ``ce`` times T^2 minus the teacher's
-    entropy, so it reaches 0 when the student matches the teacher."""
-    _check("kl", logits_S, logits_T, mask)
+    magnitudes comparable across temperatures. Equals ``T^2 * (ce - H(p_T))``, so it reaches 0 when
+    the student matches the teacher. Logits [B, C] or [B, L, C], mask [B] or [B, L]."""
+    _check("kl", logits_S, logits_T, mask, temperature)
     return kd_kernels.softmax_kl(logits_S, logits_T, temperature, mask, mode="kl")
 
 
 def mse(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
         temperature: Temperature = 1.0) -> torch.Tensor:
     """Mean squared error of ``z / T`` over the entries of real rows (TextBrewer's ``mse``; Ba &
-    Caruana 2014 regress logits directly)."""
-    _check("mse", logits_S, logits_T, mask)
+    Caruana 2014 regress logits directly). Logits [B, C] or [B, L, C], mask [B] or [B, L]."""
+    _check("mse", logits_S, logits_T, mask, temperature)
     return reference.logit_mse(logits_S, logits_T, temperature, mask)
 
 
 def reverse_kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
                temperature: Temperature = 1.0) -> torch.Tensor:
     """``T^2 * mean_rows KL(p_S || p_T)``, mode-seeking (MiniLLM, Gu et al. 2024): the student
-    puts its mass where the teacher is confident rather than covering the teacher's tail."""
-    _check("reverse_kl", logits_S, logits_T, mask)
+    puts its mass where the teacher is confident rather than covering the teacher's tail.
+    Logits [B, C] or [B, L, C], mask [B] or [B, L]."""
+    _check("reverse_kl", logits_S, logits_T, mask, temperature)
     return reference.reverse_kl(logits_S, logits_T, temperature, mask)
 
 
@@ -61,8 +65,9 @@ def jsd(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | Non
         temperature: Temperature = 1.0, beta: float = 0.5) -> torch.Tensor:
     """Generalised Jensen-Shannon divergence (GKD, Agarwal et al. 2024):
     ``T^2 * mean_rows [beta KL(p_T || m) + (1 - beta) KL(p_S || m)]``, ``m = beta p_T +
-    (1 - beta) p_S``, ``0 < beta < 1`` (set it with ``kd_loss_params: {beta: ...}``)."""
-    _check("jsd", logits_S, logits_T, mask)
+    (1 - beta) p_S``, ``0 < beta < 1`` (set it with ``kd_loss_params: {beta: ...}``). Logits
+    [B, C] or [B, L, C], mask [B] or [B, L]."""
+    _check("jsd", logits_S, logits_T, mask, temperature)
     return reference.jsd(logits_S, logits_T, temperature, mask, beta=beta)
 
 

@@ -12,7 +12,7 @@ import math
 import torch
 
 import kd_kernels
-from kd_losses.checks import rank, same_shape_but_width, token_mask
+from kd_losses.checks import ranks, same_shape_but_width, token_mask
 
 _HEADS = "[B, H, L, d] per-head states"
 _STATES = "[B, L, D] states or [B, H, L, d] per-head states"
@@ -22,7 +22,7 @@ def value_relation_kl(v_S: torch.Tensor, v_T: torch.Tensor, mask: torch.Tensor |
     """MiniLM's self-attention value-relation transfer (Wang et al. 2020, equations 7-9):
     ``VR = softmax(V V^T / sqrt(d))`` per head and ``mean_{h, real i} KL(VR_T,h,i || VR_S,h,i)``.
     ``v_S`` [B, H, L, d_s], ``v_T`` [B, H, L, d_t] (feature ``v``); same head count H."""
-    rank("value_relation_kl", "student", v_S, (4,), _HEADS)
+    ranks("value_relation_kl", v_S, v_T, (4,), _HEADS)
     same_shape_but_width("value_relation_kl", v_S, v_T, _HEADS)
     token_mask("value_relation_kl", mask, v_S.shape[0], v_S.shape[2])
     return kd_kernels.relation_loss(v_S, v_S, v_T, v_T, mask, kind="kl")
@@ -37,8 +37,7 @@ def relation_kl(state_S: torch.Tensor, state_T: torch.Tensor, mask: torch.Tensor
     queries. Inputs [B, H, L, d] (features ``q``, ``k``, ``v``) are first concatenated over heads,
     so teacher and student head counts and widths may differ; ``num_relation_heads`` must divide
     both widths (MiniLMv2 uses 48 for base-size and 64 for large teachers)."""
-    rank("relation_kl", "student", state_S, (3, 4), _STATES)
-    rank("relation_kl", "teacher", state_T, (3, 4), _STATES)
+    ranks("relation_kl", state_S, state_T, (3, 4), _STATES)
     flat_S, flat_T = _concat_heads(state_S), _concat_heads(state_T)
     same_shape_but_width("relation_kl", flat_S, flat_T, "[B, L, D] states")
     token_mask("relation_kl", mask, *flat_S.shape[:2])
