@@ -112,7 +112,8 @@ def taylor_importance(model: nn.Module, dataloader: Iterable[Any], num_batches: 
     layout = layout_of(model)
     device = next(model.parameters()).device
     importance = Importance()
-    total = num_batches if num_batches is not None else _length(dataloader)
+    length = _length(dataloader)
+    total = length if num_batches is None else min(num_batches, length or num_batches)
     with _trainable(model):
         batches = dataloader if num_batches is None else itertools.islice(dataloader, num_batches)
         for batch in tqdm(batches, total=total, desc="ETD importance", disable=not progress):
