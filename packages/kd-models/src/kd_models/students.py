@@ -28,28 +28,30 @@ TRANSFORMER_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def transformer_student(teacher: nn.Module, shape: dict[str, int], **overrides: Any) -> nn.Module:
-    """A randomly initialised model of the teacher's class with ``shape`` and config ``overrides``."""
+def transformer_student(teacher: nn.Module, **overrides: Any) -> nn.Module:
+    """A randomly initialised model of the teacher's class whose config is the teacher's with
+    ``overrides`` (so the vocabulary, tokenizer and labels stay the teacher's)."""
     config = copy.deepcopy(teacher.config)
-    layout = LAYOUTS.get(config.model_type, BERT_LAYOUT)
-    keys = {"layers": layout.layers_key, "hidden": layout.hidden_key, "ffn": layout.ffn_key,
-            "heads": layout.heads_key}
-    settings = {keys[k]: v for k, v in shape.items()}
-    settings.update({key: shape["hidden"] for key in layout.width_keys})
-    settings.update(overrides)
-    unknown = [k for k in settings if not hasattr(config, k)]
+    unknown = [k for k in overrides if not hasattr(config, k)]
     if unknown:
-        raise ConfigError(f"student: {', '.join(unknown)} are not fields of the teacher's {type(config).__name__}")
-    for key, value in settings.items():
+        raise ConfigError(f"student.config: not fields of the teacher's {type(config).__name__}: "
+                          f"{', '.join(unknown)}")
+    for key, value in overrides.items():
         setattr(config, key, value)
     return type(teacher)(config)
 
 
 def _preset(name: str):
-    def build(teacher: nn.Module, **overrides: Any) -> nn.Module:
-        return transformer_student(teacher, TRANSFORMER_PRESETS[name], **overrides)
+    shape = TRANSFORMER_PRESETS[name]
 
-    build.__doc__ = f"TextBrewer's {name} student ({TRANSFORMER_PRESETS[name]}) of the teacher's class."
+    def build(teacher: nn.Module, **overrides: Any) -> nn.Module:
+        layout = LAYOUTS.get(teacher.config.model_type, BERT_LAYOUT)
+        settings = {layout.layers_key: shape["layers"], layout.hidden_key: shape["hidden"],
+                    layout.ffn_key: shape["ffn"], layout.heads_key: shape["heads"]}
+        settings.update({key: shape["hidden"] for key in layout.width_keys})
+        return transformer_student(teacher, **{**settings, **overrides})
+
+    build.__doc__ = f"TextBrewer's {name} student ({shape}) of the teacher's class."
     build.__name__ = f"preset_{name.replace('-', '_')}"
     return build
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kd_core.data import read_examples, resolve_path
 from kd_core.errors import ConfigError
@@ -18,6 +18,7 @@ from kd_core.tasks import PreparedData
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
 from kd_models.paths import resolve_model_path
 from kd_models.rnn import BiRNNPreTrainedModel
+from kd_models.students import transformer_student
 
 
 @lru_cache(maxsize=8)
@@ -71,14 +72,7 @@ class SequenceClassificationTask:
             except LookupError as exc:
                 raise ConfigError(f"student.preset: {exc}") from None
             return builder(teacher, **overrides)
-        base = teacher.config.to_dict()
-        unknown = [k for k in overrides if k not in base]
-        if unknown:
-            raise ConfigError(f"student.config: not fields of the teacher's {type(teacher.config).__name__}: "
-                              f"{', '.join(unknown)}")
-        base.update(overrides)
-        config = AutoConfig.for_model(base.pop("model_type"), **base)
-        return AutoModelForSequenceClassification.from_config(config)
+        return transformer_student(teacher, **overrides)
 
     def prepare_data(self, spec: DataSpec, teacher_spec: ModelSpec, base_dir: Path | None) -> PreparedData:
         tokenizer = load_tokenizer(resolve_model_path(teacher_spec.model))
