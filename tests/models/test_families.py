@@ -89,3 +89,32 @@ def test_packaged_minilm_qk_attention_equals_its_eager_attention(minilm_path) ->
     eager = _eager_attentions(model, batch)
     real_rows = batch["attention_mask"].bool()[:, None, :, None].expand_as(eager[-1])
     torch.testing.assert_close(features["attention"][5][real_rows], eager[-1][real_rows])
+
+
+@pytest.mark.parametrize("head", ["sequence", "token"])
+def test_teacher_cache_gives_back_every_feature_at_the_real_tokens(head: str) -> None:
+    from kd_core.teacher_cache import TeacherCache
+
+    model = tiny_model("bert", head=head)
+    batch = tiny_batch(labels=head)
+    needs = FeatureNeeds({"logits": set(), "hidden": {1, -1}, "attention": {-1}, "q": {0}, "v": {0}})
+    adaptor = lookup("adaptors", "hf")()
+    fresh = adaptor.run(model, batch, needs)
+    cache = TeacherCache(model)
+    with torch.no_grad():
+        first = cache.features(batch, needs, lambda: adaptor.run(model, batch, needs))
+        again = cache.features(batch, needs, lambda: pytest.fail("the second call must hit the cache"))
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.teacher_forwards) == (2, 2, 1)
+    real = batch["attention_mask"].bool()
+    for features in (first, again):
+        rows = real if head == "token" else torch.ones(2, dtype=torch.bool)
+        torch.testing.assert_close(features["logits"][rows], fresh["logits"][rows].detach())
+        for layer in (1, 3):
+            torch.testing.assert_close(features["hidden"][layer][real], fresh["hidden"][layer][real].detach())
+        assert features["hidden"][0] is None and features["q"][1] is None
+        for name in ("q", "v"):
+            torch.testing.assert_close(features[name][0].transpose(1, 2)[real], fresh[name][0].transpose(1, 2)[real])
+        pairs = real[:, None, :, None] & real[:, None, None, :]
+        torch.testing.assert_close(features["attention"][2][pairs.expand(-1, 4, -1, -1)],
+                                   fresh["attention"][2][pairs.expand(-1, 4, -1, -1)])
+        assert torch.all(features["hidden"][3][~real] == 0)

@@ -197,6 +197,18 @@ class DistillationConfig(ConfigModel):
     probability_shift: bool = False
     intermediate_matches: list[IntermediateMatch] | None = None
     is_caching_logits: bool = False
+    """TextBrewer's switch: keep the teacher's outputs in memory after the first epoch."""
+    teacher_cache_dir: str | None = None
+    """kd extension: keep the teacher's outputs in this directory, reused across epochs and runs."""
+    teacher_cache_top_k: int | None = Field(None, ge=1)
+    """kd extension: store only the top k logits per row (plus the remaining mass) in the cache."""
+
+    @model_validator(mode="after")
+    def _cache(self) -> DistillationConfig:
+        if self.teacher_cache_top_k is not None and not (self.is_caching_logits or self.teacher_cache_dir):
+            raise ValueError("teacher_cache_top_k compresses cached logits; also set is_caching_logits: true "
+                             "or teacher_cache_dir")
+        return self
 
 
 def config_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> ConfigError:

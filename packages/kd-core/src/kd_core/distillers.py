@@ -18,9 +18,9 @@ from torch import nn
 
 from kd_core.config import DistillationConfig, IntermediateMatch, TrainingConfig
 from kd_core.engine import Engine
-from kd_core.errors import ConfigError
 from kd_core.features import Adaptor, FeatureNeeds, Features, as_adaptor
 from kd_core.loss_plan import LossPlan, hard_label_loss
+from kd_core.teacher_cache import TeacherCache
 
 AdaptorLike = Adaptor | Callable[[Any, Any], Any]
 
@@ -55,13 +55,12 @@ class BasicDistiller(Engine):
         if not isinstance(distill_config, DistillationConfig):
             raise TypeError("distill_config must be a kd_core.DistillationConfig, "
                             f"got {type(distill_config).__name__}")
-        if distill_config.is_caching_logits:
-            raise ConfigError("distillation.is_caching_logits is not supported yet; "
-                              "set it to false (teacher caching is planned in kd's issue tracker)")
         self.d_config = distill_config
         self.model_T = model_T
         self.adaptor_T = as_adaptor(adaptor_T)
         self.loss_plan = self._build_plan(distill_config)
+        self.teacher_cache: TeacherCache | None = None
+        self.teacher_forwards = 0
 
     def _build_plan(self, config: DistillationConfig) -> LossPlan:
         if config.intermediate_matches:
@@ -73,6 +72,9 @@ class BasicDistiller(Engine):
     def prepare(self) -> None:
         super().prepare()
         self.model_T.to(self.device).eval()
+        config = self.d_config
+        if self.teacher_cache is None and (config.is_caching_logits or config.teacher_cache_dir):
+            self.teacher_cache = TeacherCache(self.model_T, config.teacher_cache_dir, config.teacher_cache_top_k)
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"loss_plan": self.loss_plan} if any(True for _ in self.loss_plan.parameters()) else {}
@@ -81,9 +83,16 @@ class BasicDistiller(Engine):
         return self.loss_plan.projection_param_groups()
 
     def teacher_features(self, batch: Any) -> Features:
-        """The teacher's features for a batch, without gradients."""
-        with torch.no_grad():
+        """The teacher's features for a batch, without gradients, from the teacher cache when
+        one is configured (``teacher_forwards`` counts the forward passes actually run)."""
+        def forward() -> Features:
+            self.teacher_forwards += 1
             return self.adaptor_T.run(self.model_T, batch, self.loss_plan.needs_T)
+
+        with torch.no_grad():
+            if self.teacher_cache is None:
+                return forward()
+            return self.teacher_cache.features(batch, self.loss_plan.needs_T, forward)
 
     def compute_losses(self, batch: Any, progress: float) -> dict[str, torch.Tensor]:
         features_T = self.teacher_features(batch)
