@@ -131,6 +131,9 @@ class IntermediateMatch(ConfigModel):
     proj: list[Any] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     """kd extension: keyword arguments passed to the loss."""
+    teacher: str | int | None = None
+    """kd extension, for several teachers: which teacher's features the match reads (its name, or
+    its index in the list of teachers); the first teacher when not set."""
 
     @field_validator("layer_T", "layer_S")
     @classmethod
@@ -200,6 +203,11 @@ class DistillationConfig(ConfigModel):
     """TextBrewer's switch: keep the teacher's outputs in memory after the first epoch."""
     teacher_cache_dir: str | None = None
     """kd extension: keep the teacher's outputs in this directory, reused across epochs and runs."""
+    teacher_ensemble: Literal["logits", "probabilities"] = "logits"
+    """kd extension, for several teachers: average their logits (TextBrewer) or their
+    temperature-softened probabilities (exact at a constant temperature)."""
+    teacher_weights: list[float] | None = None
+    """kd extension, for several teachers: weights of the average (normalised to sum to 1)."""
     teacher_cache_top_k: int | None = Field(None, ge=1)
     """kd extension: store only the top k logits per row (plus the remaining mass) in the cache."""
 

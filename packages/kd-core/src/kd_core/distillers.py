@@ -4,13 +4,16 @@ All share :class:`~kd_core.engine.Engine`; they differ in how a batch becomes lo
 
 - :class:`BasicTrainer`: the model's own supervised loss (fine-tuning a teacher);
 - :class:`BasicDistiller`: logit distillation plus hard labels from one teacher;
-- :class:`GeneralDistiller`: that plus intermediate matches with projections.
+- :class:`GeneralDistiller`: that plus intermediate matches with projections;
+- :class:`MultiTeacherDistiller`: the average of several teachers' soft targets, and
+  intermediate matches against a named teacher.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +21,7 @@ from torch import nn
 
 from kd_core.config import DistillationConfig, IntermediateMatch, TrainingConfig
 from kd_core.engine import Engine
+from kd_core.errors import ConfigError
 from kd_core.features import Adaptor, FeatureNeeds, Features, as_adaptor
 from kd_core.loss_plan import LossPlan, hard_label_loss
 from kd_core.teacher_cache import TeacherCache
@@ -59,7 +63,7 @@ class BasicDistiller(Engine):
         self.model_T = model_T
         self.adaptor_T = as_adaptor(adaptor_T)
         self.loss_plan = self._build_plan(distill_config)
-        self.teacher_cache: TeacherCache | None = None
+        self.teacher_caches: dict[str, TeacherCache] = {}
         self.teacher_forwards = 0
 
     def _build_plan(self, config: DistillationConfig) -> LossPlan:
@@ -69,12 +73,32 @@ class BasicDistiller(Engine):
             config = config.model_copy(update={"intermediate_matches": None})
         return LossPlan(config)
 
+    def teacher_models(self) -> dict[str, nn.Module]:
+        """The teachers by name (one, called ``teacher``, for the single-teacher distillers)."""
+        return {"teacher": self.model_T}
+
     def prepare(self) -> None:
         super().prepare()
-        self.model_T.to(self.device).eval()
         config = self.d_config
-        if self.teacher_cache is None and (config.is_caching_logits or config.teacher_cache_dir):
-            self.teacher_cache = TeacherCache(self.model_T, config.teacher_cache_dir, config.teacher_cache_top_k)
+        for name, teacher in self.teacher_models().items():
+            teacher.to(self.device).eval()
+            if name not in self.teacher_caches and (config.is_caching_logits or config.teacher_cache_dir):
+                self.teacher_caches[name] = TeacherCache(teacher, config.teacher_cache_dir, config.teacher_cache_top_k)
+
+    @property
+    def teacher_cache(self) -> TeacherCache | None:
+        """The (first) teacher's cache, or None when caching is off."""
+        return next(iter(self.teacher_caches.values()), None)
+
+    def run_teacher(self, name: str, model: nn.Module, adaptor: Adaptor, batch: Any, needs: FeatureNeeds) -> Features:
+        """One teacher's features for a batch, from its cache when caching is on; counts forwards."""
+        def forward() -> Features:
+            self.teacher_forwards += 1
+            return adaptor.run(model, batch, needs)
+
+        with torch.no_grad():
+            cache = self.teacher_caches.get(name)
+            return forward() if cache is None else cache.features(batch, needs, forward)
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {"loss_plan": self.loss_plan} if any(True for _ in self.loss_plan.parameters()) else {}
@@ -85,14 +109,7 @@ class BasicDistiller(Engine):
     def teacher_features(self, batch: Any) -> Features:
         """The teacher's features for a batch, without gradients, from the teacher cache when
         one is configured (``teacher_forwards`` counts the forward passes actually run)."""
-        def forward() -> Features:
-            self.teacher_forwards += 1
-            return self.adaptor_T.run(self.model_T, batch, self.loss_plan.needs_T)
-
-        with torch.no_grad():
-            if self.teacher_cache is None:
-                return forward()
-            return self.teacher_cache.features(batch, self.loss_plan.needs_T, forward)
+        return self.run_teacher("teacher", self.model_T, self.adaptor_T, batch, self.loss_plan.needs_T)
 
     def compute_losses(self, batch: Any, progress: float) -> dict[str, torch.Tensor]:
         features_T = self.teacher_features(batch)
@@ -113,3 +130,82 @@ class GeneralDistiller(BasicDistiller):
 
     def _build_plan(self, config: DistillationConfig) -> LossPlan:
         return LossPlan(config, extra_matches=self._custom_matches)
+
+
+class MultiTeacherDistiller(GeneralDistiller):
+    """Several teachers of one task (TextBrewer's ``MultiTeacherDistiller``, extended).
+
+    ``model_T`` is a list of teachers or a dict name -> teacher; ``adaptor_T`` one adaptor for all
+    or one per teacher. The logit loss reads the weighted average (``teacher_weights``, equal by
+    default) of the teachers' logits (``teacher_ensemble: logits``, TextBrewer's behaviour) or of
+    their probabilities at the configured temperature (``teacher_ensemble: probabilities``, given to
+    the loss as ``T * log p``). Intermediate matches read the teacher named by their ``teacher``
+    field (a name or an index), the first teacher by default. Each teacher runs only for what is
+    read from it.
+    """
+
+    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig,
+                 model_T: Sequence[nn.Module] | Mapping[str, nn.Module], model_S: nn.Module,
+                 adaptor_T: AdaptorLike | Sequence[AdaptorLike], adaptor_S: AdaptorLike,
+                 custom_matches: Sequence[IntermediateMatch | dict[str, Any]] | None = None) -> None:
+        teachers = dict(model_T) if isinstance(model_T, Mapping) else {str(i): m for i, m in enumerate(model_T)}
+        if not teachers:
+            raise ConfigError("MultiTeacherDistiller needs at least one teacher")
+        names = list(teachers)
+        adaptors = list(adaptor_T) if isinstance(adaptor_T, (list, tuple)) else [adaptor_T] * len(names)
+        if len(adaptors) != len(names):
+            raise ConfigError(f"{len(adaptors)} teacher adaptors for {len(names)} teachers; give one, or one each")
+        weights = distill_config.teacher_weights or [1.0] * len(names)
+        if len(weights) != len(names) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"distillation.teacher_weights {weights} must be {len(names)} non-negative numbers "
+                              "with a positive sum, one per teacher")
+        self.teacher_names = names
+        self.models_T = teachers
+        self.adaptors_T = {n: as_adaptor(a) for n, a in zip(names, adaptors, strict=True)}
+        self.ensemble_weights = [w / sum(weights) for w in weights]
+        config = distill_config.model_copy(update={"intermediate_matches": [
+            _resolve_teacher(m, names, f"distillation.intermediate_matches[{i}]")
+            for i, m in enumerate(distill_config.intermediate_matches or [])] or None})
+        super().__init__(train_config, config, teachers[names[0]], model_S, adaptors[0], adaptor_S,
+                         [_resolve_teacher(m if isinstance(m, IntermediateMatch) else IntermediateMatch.from_dict(m),
+                                           names, f"custom_matches[{i}]")
+                          for i, m in enumerate(custom_matches or [])])
+        self.needs_per_teacher = {n: self.loss_plan.teacher_needs(n, first=(n == names[0])) for n in names}
+
+    def teacher_models(self) -> dict[str, nn.Module]:
+        return self.models_T
+
+    def teacher_features(self, batch: Any) -> Features:
+        """Each teacher's features for what is read from it, and the ensemble's logits."""
+        per_teacher = {name: self.run_teacher(name, self.models_T[name], self.adaptors_T[name], batch,
+                                              self.needs_per_teacher[name])
+                       for name in self.teacher_names if self.needs_per_teacher[name].layers}
+        features: Features = {"teachers": per_teacher, "first_teacher": self.teacher_names[0]}
+        if per_teacher and "logits" in self.loss_plan.needs_T:
+            features["logits"] = self._ensemble([per_teacher[n]["logits"] for n in self.teacher_names])
+        return features
+
+    def _ensemble(self, logits: list[Any]) -> Any:
+        if isinstance(logits[0], (list, tuple)):
+            return [self._ensemble(list(group)) for group in zip(*logits, strict=True)]
+        weights = self.ensemble_weights
+        if self.d_config.teacher_ensemble == "logits":
+            return sum(w * z.float() for w, z in zip(weights, logits, strict=True))
+        temperature = self.d_config.temperature
+        log_mixture = torch.logsumexp(torch.stack(
+            [math.log(w) + torch.log_softmax(z.float() / temperature, -1) for w, z in zip(weights, logits, strict=True)
+             if w > 0]), 0)
+        return temperature * log_mixture
+
+
+def _resolve_teacher(match: IntermediateMatch, names: list[str], where: str) -> IntermediateMatch:
+    """The match with its ``teacher`` field as a teacher name."""
+    teacher = match.teacher
+    if teacher is None:
+        return match
+    if isinstance(teacher, int) and not isinstance(teacher, bool) and 0 <= teacher < len(names):
+        return match.model_copy(update={"teacher": names[teacher]})
+    if str(teacher) in names:
+        return match.model_copy(update={"teacher": str(teacher)})
+    raise ConfigError(f"{where}.teacher: {teacher!r} is not one of the teachers ({', '.join(names)}) "
+                      f"nor an index below {len(names)}")

@@ -139,8 +139,22 @@ class LossPlan(nn.Module):
         weight = self.kd_weight_scheduler.weight(self.config.kd_loss_weight, progress)
         return weight * total
 
+    def teacher_needs(self, teacher: str, first: bool) -> FeatureNeeds:
+        """What one of several teachers must give: logits for the ensemble, and the features of
+        the matches that name it (``first``: the teacher unnamed matches read)."""
+        needs = FeatureNeeds({"logits": set()} if "logits" in self.needs_T else {})
+        for term in self.matches:
+            named = term.match.teacher
+            if (str(named) == teacher) or (named is None and first):
+                for feature in _as_list(term.match.feature):
+                    needs.add(feature, term.match.layer_T)
+        return needs
+
     def _match_term(self, term: MatchTerm, features_S: Features, features_T: Features) -> torch.Tensor:
         match = term.match
+        teachers = features_T.get("teachers")
+        if teachers is not None:  # several teachers: read the one the match names
+            features_T = teachers[features_T["first_teacher"] if match.teacher is None else str(match.teacher)]
         if isinstance(match.feature, list):
             inter_S = tuple(_layers(features_S, f, match.layer_S, "student", term.index) for f in match.feature)
             inter_T = tuple(_layers(features_T, f, match.layer_T, "teacher", term.index) for f in match.feature)
