@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from kd_core.checkpoint import write_text_atomic
 from kd_core.config import ConfigModel, DistillationConfig, TrainingConfig
-from kd_core.distillers import BasicTrainer, GeneralDistiller
+from kd_core.distillers import BasicTrainer, GeneralDistiller, MultiTeacherDistiller
 from kd_core.engine import seed_everything
 from kd_core.errors import ConfigError
 from kd_core.features import Adaptor, FeatureNeeds, to_device
@@ -61,10 +61,11 @@ class DataSpec(ConfigModel):
 
 class ModelSpec(ConfigModel):
     """A teacher: a Hugging Face path (``package:NAME`` for a model shipped in a Python
-    package with ``get_model_path()``), and its number of labels."""
+    package with ``get_model_path()``), its number of labels, and a name (for several teachers)."""
 
     model: str
     num_labels: int | None = Field(None, ge=1)
+    name: str | None = None
 
 
 class InitSpec(ConfigModel):
@@ -140,12 +141,38 @@ class Recipe(ConfigModel):
 
     task: str
     data: DataSpec
-    teacher: ModelSpec
+    teacher: ModelSpec | list[ModelSpec]
+    """One teacher, or several (``MultiTeacherDistiller``); the first gives the tokenizer and the
+    config students are built from."""
     student: StudentSpec = Field(default_factory=StudentSpec)
     assistants: list[StudentSpec] = Field(default_factory=list)
     training: TrainingSpec
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+
+
+    @property
+    def teachers(self) -> list[ModelSpec]:
+        """The teacher specs as a list."""
+        return self.teacher if isinstance(self.teacher, list) else [self.teacher]
+
+    @property
+    def primary_teacher(self) -> ModelSpec:
+        """The first teacher: its tokenizer reads the data, its config shapes the students."""
+        return self.teachers[0]
+
+    @model_validator(mode="after")
+    def _teacher_names(self) -> Recipe:
+        if not self.teachers:
+            raise ValueError("teacher: give a teacher, or a list of at least one")
+        names = [_teacher_name(spec, i) for i, spec in enumerate(self.teachers)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher: the teachers' names must be unique, got {names}")
+        return self
+
+
+def _teacher_name(spec: ModelSpec, index: int) -> str:
+    return spec.name or str(index)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, Path]:
@@ -206,12 +233,14 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
     output_dir = Path(output_dir)
     task = task_for(recipe)
     seed_everything(recipe.training.seed)
-    model = task.load_teacher(recipe.teacher)
-    data = task.prepare_data(recipe.data, recipe.teacher, base_dir)
+    if len(recipe.teachers) > 1:
+        raise ConfigError("kd train fine-tunes one teacher; give teacher a single model (run it once per teacher)")
+    model = task.load_teacher(recipe.primary_teacher)
+    data = task.prepare_data(recipe.data, recipe.primary_teacher, base_dir)
     adaptor = task.adaptor(model)
     trainer = BasicTrainer(_training_config(recipe, output_dir), model, adaptor)
     _fit(trainer, model, recipe, data, resume)
-    task.save_model(model, output_dir / "model", recipe.teacher)
+    task.save_model(model, output_dir / "model", recipe.primary_teacher)
     report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
     if data.eval is not None:
         report["model"] = measure(model, adaptor, data, recipe)
@@ -235,20 +264,25 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
     output_dir = Path(output_dir)
     task = task_for(recipe)
     seed_everything(recipe.training.seed)
-    teacher = task.load_teacher(recipe.teacher)
-    data = task.prepare_data(recipe.data, recipe.teacher, base_dir)
+    teachers = {_teacher_name(spec, i): task.load_teacher(spec) for i, spec in enumerate(recipe.teachers)}
+    data = task.prepare_data(recipe.data, recipe.primary_teacher, base_dir)
     assistants = []
-    current_teacher = teacher
+    current = teachers
     for index, spec in enumerate(recipe.assistants, start=1):
-        current_teacher = _assistant_stage(task, recipe, spec, current_teacher, data, output_dir / f"assistant-{index}",
-                                           resume)
-        assistants.append(current_teacher)
-    student = _distill_stage(task, recipe, recipe.student, current_teacher, data, output_dir, resume)
+        assistant = _assistant_stage(task, recipe, spec, current, data, output_dir / f"assistant-{index}", resume)
+        assistants.append(assistant)
+        current = {"assistant": assistant}
+    student = _distill_stage(task, recipe, recipe.student, current, data, output_dir, resume)
     report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
     if data.eval is not None:
+        teacher = next(iter(teachers.values()))
         if teacher_result is None:
             teacher_result = measure(teacher, task.adaptor(teacher), data, recipe)
         report["teacher"] = teacher_result
+        if len(teachers) > 1:
+            report["teachers"] = {name: teacher_result if model is teacher else measure(model, task.adaptor(model),
+                                                                                       data, recipe)
+                                  for name, model in teachers.items()}
         if assistants:
             report["assistants"] = [_measure_against(a, task, data, recipe, teacher_result) for a in assistants]
         report["student"] = _measure_against(student, task, data, recipe, teacher_result)
@@ -259,24 +293,31 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
 STAGE_DONE = "STAGE_COMPLETE"
 
 
-def _distill_stage(task: Task, recipe: Recipe, spec: StudentSpec, teacher: nn.Module, data: PreparedData,
-                   output_dir: Path, resume: bool) -> nn.Module:
-    """Build, initialise and distill one student from ``teacher``; save it to ``output_dir/student``."""
-    student = build_student(task, spec, teacher, data, recipe.training)
-    distiller = GeneralDistiller(_training_config(recipe, output_dir), recipe.distillation,
-                                 teacher, student, task.adaptor(teacher), task.adaptor(student))
+def _distill_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: dict[str, nn.Module],
+                   data: PreparedData, output_dir: Path, resume: bool) -> nn.Module:
+    """Build, initialise and distill one student from ``teachers`` (one, or several for a
+    MultiTeacherDistiller; the first shapes the student); save it to ``output_dir/student``."""
+    first = next(iter(teachers.values()))
+    student = build_student(task, spec, first, data, recipe.training)
+    config = _training_config(recipe, output_dir)
+    if len(teachers) == 1:
+        distiller = GeneralDistiller(config, recipe.distillation, first, student, task.adaptor(first),
+                                     task.adaptor(student))
+    else:
+        distiller = MultiTeacherDistiller(config, recipe.distillation, teachers, student,
+                                          [task.adaptor(t) for t in teachers.values()], task.adaptor(student))
     _fit(distiller, student, recipe, data, resume)
-    task.save_model(student, output_dir / "student", recipe.teacher)
+    task.save_model(student, output_dir / "student", recipe.primary_teacher)
     return student
 
 
-def _assistant_stage(task: Task, recipe: Recipe, spec: StudentSpec, teacher: nn.Module, data: PreparedData,
-                     output_dir: Path, resume: bool) -> nn.Module:
+def _assistant_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: dict[str, nn.Module],
+                     data: PreparedData, output_dir: Path, resume: bool) -> nn.Module:
     """One teacher-assistant stage; a stage finished by an earlier run is loaded when resuming."""
     saved = output_dir / "student"
     if resume and (output_dir / STAGE_DONE).is_file():
         return task.load_teacher(ModelSpec(model=str(saved)))
-    assistant = _distill_stage(task, recipe, spec, teacher, data, output_dir, resume)
+    assistant = _distill_stage(task, recipe, spec, teachers, data, output_dir, resume)
     write_text_atomic(output_dir / STAGE_DONE, f"{saved}\n")
     return assistant
 
