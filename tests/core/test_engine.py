@@ -154,6 +154,33 @@ def test_non_finite_loss_names_the_term(tmp_path: Path) -> None:
                         DataLoader(TokenDataset(size=8), batch_size=4), num_steps=1)
 
 
+def test_skip_nonfinite_skips_the_bad_micro_batch_and_counts_it(tmp_path: Path) -> None:
+    data = TokenDataset(size=16, full=True)
+    data.ids[4:8, 0] = 0  # token 0 gets a NaN embedding below: the second batch's loss is NaN
+    examples = [data[i] for i in range(16)]
+
+    def run(name: str, batches: list, **config) -> GeneralDistiller:
+        distiller = _distiller(tmp_path / name, **config)
+        with torch.no_grad():
+            distiller.model_S.embed.weight[0] = float("nan")
+        distiller.train(torch.optim.SGD(distiller.model_S.parameters(), lr=0.1),
+                        DataLoader(batches, batch_size=4), num_epochs=1)
+        return distiller
+
+    with pytest.raises(NonFiniteLossError, match=r"loss term '.*' is nan at step 2"):
+        run("strict", examples)
+    skipping = run("skip", examples, skip_nonfinite=True)
+    lines = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["skipped_nonfinite"] for line in lines] == [0, 1, 1, 1]
+    assert "loss" not in lines[1]
+    # skipping the batch leaves the weights as training on the other three batches alone would
+    without = run("without", examples[:4] + examples[8:])
+    for key, value in without.model_S.state_dict().items():
+        if key != "embed.weight":
+            torch.testing.assert_close(skipping.model_S.state_dict()[key], value, msg=key)
+    torch.testing.assert_close(skipping.model_S.embed.weight[1:], without.model_S.embed.weight[1:])
+
+
 def test_resume_refuses_a_changed_run(tmp_path: Path) -> None:
     distiller = _distiller(tmp_path, ckpt_steps=2)
     loader = DataLoader(TokenDataset(size=16), batch_size=4)

@@ -97,6 +97,9 @@ class TrainingConfig(ConfigModel):
     """Show a progress bar."""
     keep_checkpoints: int | None = Field(None, ge=1)
     """Keep only the newest n checkpoints (all when unset)."""
+    skip_nonfinite: bool = False
+    """Skip a micro-batch whose loss is NaN or inf (counted as ``skipped_nonfinite`` in
+    metrics.jsonl) instead of stopping with an error that names the term."""
 
     @model_validator(mode="after")
     def _fp16_alias(self) -> TrainingConfig:

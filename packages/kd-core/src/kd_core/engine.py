@@ -182,6 +182,7 @@ class Engine:
         started = time.perf_counter()
         sums: dict[str, float] = {}
         pending = 0
+        skipped = resume_state.get("skipped_nonfinite", 0) if resume_state else 0
         optimizer.zero_grad(set_to_none=True)
 
         try:
@@ -196,12 +197,18 @@ class Engine:
                     progress = position.global_step / total_steps
                     with autocast:
                         terms = self.compute_losses(batch, progress)
-                    total = _checked_total(terms, position.global_step + 1)
-                    loss = total / accum
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    for name, value in terms.items():
-                        sums[name] = sums.get(name, 0.0) + float(value.detach()) / accum
-                    sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) / accum
+                    try:
+                        total = _checked_total(terms, position.global_step + 1)
+                    except NonFiniteLossError:
+                        if not t.skip_nonfinite:
+                            raise
+                        skipped += 1
+                    else:
+                        loss = total / accum
+                        (scaler.scale(loss) if scaler else loss).backward()
+                        for name, value in terms.items():
+                            sums[name] = sums.get(name, 0.0) + float(value.detach()) / accum
+                        sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) / accum
                     pending += 1
                     end_of_epoch = epoch_len is not None and position.batch_in_epoch >= epoch_len
                     if pending < accum and not end_of_epoch:
@@ -213,11 +220,12 @@ class Engine:
                     if end_of_epoch:
                         position.epoch += 1
                         position.batch_in_epoch = 0
-                    last_loss = sums["loss"]
+                    last_loss = sums.get("loss", last_loss)
                     metrics.write({
                         "step": position.global_step,
                         "epoch": position.epoch + (position.batch_in_epoch / epoch_len if epoch_len else 0),
                         **sums,
+                        **({"skipped_nonfinite": skipped} if t.skip_nonfinite else {}),
                         "lr": optimizer.param_groups[0]["lr"],
                         "elapsed_s": round(time.perf_counter() - started, 3),
                     })
@@ -227,7 +235,7 @@ class Engine:
                     if self._checkpoint_due(position.global_step, total_steps, step_in_epoch,
                                             steps_per_epoch, epoch_done, end_of_epoch):
                         last_checkpoint = self._save(position, optimizer, scheduler, scaler,
-                                                     epoch_rng, total_steps, accum, epoch_len)
+                                                     epoch_rng, total_steps, accum, epoch_len, skipped)
                         if callback is not None:
                             callback(model=self.model_S, step=position.global_step)
                             self.model_S.train()
@@ -291,8 +299,9 @@ class Engine:
 
     def _save(self, position: _Position, optimizer: torch.optim.Optimizer, scheduler: Any,
               scaler: Any, epoch_rng: dict[str, Any], total_steps: int, accum: int,
-              epoch_len: int | None) -> Path:
+              epoch_len: int | None, skipped_nonfinite: int = 0) -> Path:
         state = {
+            "skipped_nonfinite": skipped_nonfinite,
             "global_step": position.global_step,
             "epoch": position.epoch,
             "batch_in_epoch": position.batch_in_epoch,

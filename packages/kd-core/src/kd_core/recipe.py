@@ -121,6 +121,7 @@ class TrainingSpec(ConfigModel):
     device: str = "cpu"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     progress: bool = True
+    skip_nonfinite: bool = False
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
@@ -355,6 +356,7 @@ def _training_config(recipe: Recipe, output_dir: Path) -> TrainingConfig:
         output_dir=str(output_dir), device=t.device, ckpt_steps=t.ckpt_steps, seed=t.seed,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         mixed_precision=t.mixed_precision, progress=t.progress, keep_checkpoints=t.keep_checkpoints,
+        skip_nonfinite=t.skip_nonfinite,
     )
 
 
