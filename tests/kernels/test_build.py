@@ -44,3 +44,32 @@ def test_a_cached_build_loads_without_compiling_again() -> None:
     result = _run({})  # the same cache: no compile message
     assert result.returncode == 0, result.stderr
     assert "compiling" not in result.stderr and "name='fused'" in result.stdout
+
+
+def test_the_build_command_runs_without_warnings() -> None:
+    """``python -m kd_kernels.build`` (``make .venv``): no runpy RuntimeWarning about the module
+    being imported by its package, and on a machine without CUDA a plain line, no warning."""
+    import torch
+
+    env = {**os.environ}
+    env.pop("KD_KERNELS", None)
+    result = subprocess.run([sys.executable, "-W", "error", "-m", "kd_kernels.build"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    assert result.stdout.startswith("kd_kernels_cpu: /"), result.stdout
+    if not torch.cuda.is_available():
+        assert "kd_kernels_cuda: not built (torch has no CUDA device here)" in result.stdout
+
+
+def test_a_cuda_build_is_keyed_by_the_gpu_architectures(monkeypatch) -> None:
+    """A shared cache must never load a CUDA build made for another GPU."""
+    from kd_kernels import build
+
+    flags = ["-O3", "-std=c++17"]
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
+    ampere, cpu = build._fingerprint("cuda", flags), build._fingerprint("cpu", flags)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    assert build.cuda_archs() == "9.0"
+    assert build._fingerprint("cuda", flags) != ampere
+    assert build._fingerprint("cpu", flags) == cpu

@@ -5,6 +5,9 @@ padding invariance and torch.compile."""
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -130,6 +133,57 @@ def test_softmax_kl_padding_changes_nothing(device: str) -> None:
     torch.testing.assert_close(padded, kd_kernels.softmax_kl(s, t, 3.0, mask))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["kl", "ce"])
+@pytest.mark.parametrize("fill", [math.inf, -math.inf, 1e38], ids=["inf", "-inf", "huge"])
+def test_softmax_kl_padded_rows_holding_inf_change_nothing(device: str, mode: str, fill: float) -> None:
+    s, t, mask = _logit_case((3, 6, 50), torch.float32, device)
+    trimmed = _run(lambda x: reference.softmax_kl(x, t[:, :4], 2.0, mask[:, :4], mode), [s[:, :4]])
+    mask[:, 4:] = 0
+    s[:, 4:], t[:, 4:] = fill, fill
+    for function in (kd_kernels.softmax_kl, reference.softmax_kl):
+        value, grad = _run(lambda x, f=function: f(x, t, 2.0, mask, mode), [s])
+        assert torch.isfinite(grad).all()
+        assert torch.equal(grad[:, 4:], torch.zeros_like(grad[:, 4:]))
+        _compare([value, grad[:, :4]], trimmed, [s], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["kl", "ce"])
+@pytest.mark.parametrize("temperature", [0.5, 4.0])
+@pytest.mark.parametrize("offset", [30.0, 5000.0])
+@pytest.mark.parametrize("difference", [0.0, 0.05])
+def test_softmax_kl_logits_sharing_a_large_offset(device: str, mode: str, temperature: float, offset: float,
+                                                  difference: float) -> None:
+    """student = teacher + offset (+ small differences): the same distributions, or nearly. The
+    fused loss must match float64 math on the same inputs to fp32 precision: a kernel that takes
+    the expectation of raw logits and subtracts log-sum-exps afterwards cancels catastrophically
+    (errors ~1e-3, and a negative KL)."""
+    g = _gen(11)
+    t = torch.randn(16, 1000, generator=g) * 3
+    s = t + offset + torch.randn(16, 1000, generator=g) * difference
+    value = kd_kernels.softmax_kl(s.to(device), t.to(device), temperature, mode=mode).item()
+    truth = reference.softmax_kl(s.double(), t.double(), temperature, mode=mode).item()
+    t_squared = max(1.0, temperature**2)
+    assert abs(value - truth) <= 1e-7 * t_squared + 1e-6 * abs(truth), (value, truth)
+    if mode == "kl":
+        assert value >= -1e-7 * t_squared
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["kl", "ce"])
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                    (torch.float16, torch.bfloat16), (torch.float32, torch.float64)], ids=str)
+def test_softmax_kl_student_and_teacher_dtypes_may_differ(device: str, mode: str, dtypes: tuple) -> None:
+    student_dtype, teacher_dtype = dtypes
+    s, t, mask = _logit_case((4, 5, 67), torch.float64, device)
+    s, t = s.to(student_dtype), t.to(teacher_dtype)
+    fused = _run(lambda x: kd_kernels.softmax_kl(x, t, 2.0, mask, mode), [s])
+    ref = _run(lambda x: reference.softmax_kl(x, t, 2.0, mask, mode), [s])
+    assert fused[1].dtype == student_dtype
+    _compare(fused, ref, [s], student_dtype)
+
+
 @pytest.mark.parametrize("mode", ["kl", "ce"])
 def test_softmax_kl_gradcheck_float64(mode: str) -> None:
     s, t, mask = _logit_case((3, 4, 11), torch.float64, "cpu")
@@ -140,8 +194,11 @@ def test_softmax_kl_gradcheck_float64(mode: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["kl", "ce"])
-def test_softmax_kl_opcheck(device: str, mode: str) -> None:
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_softmax_kl_opcheck(device: str, mode: str, layout: str) -> None:
     s, t, mask = _logit_case((6, 37), torch.float32, device)
+    if layout == "transposed":  # [N, V] views of [V, N] storage: the fake must match the kernels' strides
+        s, t = s.t().contiguous().t(), t.t().contiguous().t()
     weight = mask.float() / mask.sum()
     inv_t = torch.full((6,), 0.25, device=device)
     torch.library.opcheck(torch.ops.kd.softmax_kl.default, (s.requires_grad_(), t, inv_t, weight, mode))
@@ -212,6 +269,67 @@ def test_relation_loss_padding_and_masked_sequences(device: str, kind: str) -> N
     assert value.item() == 0.0 and torch.equal(xs.grad, torch.zeros_like(xs))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["kl", "ce", "mse"])
+@pytest.mark.parametrize("fill", [math.inf, -math.inf, 1e30, math.nan], ids=["inf", "-inf", "huge", "nan"])
+def test_relation_loss_padding_holding_inf_gives_the_trimmed_gradients(device: str, kind: str, fill: float) -> None:
+    """Padded tokens (within a sequence and appended) hold inf, huge values or NaN: the loss and
+    the gradients of real tokens are those of the trimmed inputs, padded tokens get exactly 0,
+    nothing is NaN. (A kernel that multiplies exp(R - max - log_sum) by a 0/1 mask gives
+    inf * 0 = NaN; so do the zero-filled keys past L in the last tile.)"""
+    (xs, ys, xt, yt), _ = _relation_case(2, 2, 20, 4, 6, torch.float32, device)
+    lengths = torch.tensor([20, 13], device=device)
+    mask = (torch.arange(20, device=device)[None, :] < lengths[:, None]).long()
+    trimmed = _run(lambda a, b: reference.relation_loss(a, b, xt, yt, mask, kind), [xs, ys])
+    padded = [torch.cat([x, torch.zeros(2, 2, 9, x.shape[-1], device=device)], 2) for x in (xs, ys, xt, yt)]
+    padded_mask = torch.cat([mask, torch.zeros(2, 9, dtype=mask.dtype, device=device)], 1)
+    pads = ~padded_mask.bool()[:, None, :, None]
+    padded = [x.masked_fill(pads, fill) for x in padded]
+    for function in (kd_kernels.relation_loss, reference.relation_loss):
+        value, grad_xs, grad_ys = _run(lambda a, b, f=function: f(a, b, *padded[2:], padded_mask, kind), padded[:2])
+        assert torch.isfinite(grad_xs).all() and torch.isfinite(grad_ys).all()
+        for grad in (grad_xs, grad_ys):
+            assert torch.equal(grad.masked_select(pads), torch.zeros_like(grad.masked_select(pads)))
+        _compare([value, grad_xs[:, :, :20].masked_fill(pads[:, :, :20], 0),
+                  grad_ys[:, :, :20].masked_fill(pads[:, :, :20], 0)],
+                 [trimmed[0], *(grad.masked_fill(pads[:, :, :20], 0) for grad in trimmed[1:])], [xs, ys], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["kl", "ce"])
+@pytest.mark.parametrize("offset", [30.0, 5000.0])
+@pytest.mark.parametrize("difference", [0.0, 0.05])
+def test_relation_loss_relations_sharing_a_large_offset(device: str, kind: str, offset: float,
+                                                        difference: float) -> None:
+    """R_S = R_T + offset (+ small differences) through an extra feature: the fused loss must
+    match float64 math on the same inputs to fp32 precision (no catastrophic cancellation)."""
+    g = _gen(12)
+    xt, yt = (torch.randn(2, 2, 150, 8, generator=g) for _ in range(2))
+    extra = torch.full((2, 2, 150, 1), offset / 0.5)
+    xs = torch.cat([xt + torch.randn(2, 2, 150, 8, generator=g) * difference, extra], -1)
+    ys = torch.cat([yt, torch.ones_like(extra)], -1)
+    mask = torch.ones(2, 150)
+    mask[1, 100:] = 0
+    inputs = [x.to(device) for x in (xs, ys, xt, yt)]
+    value = kd_kernels.relation_loss(*inputs, mask.to(device), kind, 0.5, 0.5).item()
+    truth = reference.relation_loss(*(x.double() for x in (xs, ys, xt, yt)), mask, kind, 0.5, 0.5).item()
+    assert abs(value - truth) <= 1e-6 * (1 + abs(truth)), (value, truth)
+    if kind == "kl":
+        assert value >= -1e-7
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["kl", "ce", "mse"])
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)], ids=str)
+def test_relation_loss_student_and_teacher_dtypes_may_differ(device: str, kind: str, dtypes: tuple) -> None:
+    (xs, ys, xt, yt), mask = _relation_case(2, 2, 19, 4, 6, torch.float64, device)
+    xs, ys, xt, yt = xs.to(dtypes[0]), ys.to(dtypes[0]), xt.to(dtypes[1]), yt.to(dtypes[1])
+    fused = _run(lambda a, b: kd_kernels.relation_loss(a, b, xt, yt, mask, kind), [xs, ys])
+    ref = _run(lambda a, b: reference.relation_loss(a, b, xt, yt, mask, kind), [xs, ys])
+    assert fused[1].dtype == fused[2].dtype == dtypes[0]
+    _compare(fused, ref, [xs, ys], dtypes[0])
+
+
 @pytest.mark.parametrize("kind", ["kl", "ce", "mse"])
 def test_relation_loss_gradcheck_float64(kind: str) -> None:
     (xs, ys, xt, yt), mask = _relation_case(2, 2, 9, 3, 5, torch.float64, "cpu")
@@ -219,10 +337,18 @@ def test_relation_loss_gradcheck_float64(kind: str) -> None:
                                     (xs.requires_grad_(), ys.requires_grad_()))
 
 
+def _hf_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, H, L, d] as the view HF attention produces, ``q.transpose(1, 2)`` of [B, L, H, d]."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind", ["kl", "mse"])
-def test_relation_loss_opcheck(device: str, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["kl", "ce", "mse"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_relation_loss_opcheck(device: str, kind: str, layout: str) -> None:
     (xs, ys, xt, yt), mask = _relation_case(2, 2, 11, 4, 6, torch.float32, device)
+    if layout == "transposed":
+        xs, ys, xt, yt = (_hf_layout(x) for x in (xs, ys, xt, yt))
     real = mask.float()
     weight = real / (2 * real.sum())
     torch.library.opcheck(torch.ops.kd.relation_loss.default,
@@ -247,6 +373,77 @@ def test_the_ops_compile_without_graph_breaks() -> None:
     traced = _run(compiled, [s, xs])
     for got, want in zip(traced, eager, strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own import
+def test_the_ops_compile_with_inductor_on_transposed_inputs() -> None:
+    """HF attention hands over ``q.transpose(1, 2)`` views: inductor checks every op output
+    against the fake kernel's strides, so a fake that keeps permuted strides fails here."""
+    (xs, ys, xt, yt), token_mask = _relation_case(2, 3, 11, 4, 6, torch.float32, "cpu")
+    xs, ys, xt, yt = (_hf_layout(x) for x in (xs, ys, xt, yt))
+    logits, teacher, mask = _logit_case((6, 37), torch.float32, "cpu")
+    logits, teacher = logits.t().contiguous().t(), teacher.t().contiguous().t()
+
+    def losses(a, b, z):
+        return kd_kernels.relation_loss(a, b, xt, yt, token_mask) + kd_kernels.softmax_kl(z, teacher, 2.0, mask)
+
+    torch._dynamo.reset()
+    # No cached graph: one compiled against an earlier fake kernel would hide a wrong one.
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        traced = _run(torch.compile(losses, fullgraph=True), [xs, ys, logits])
+    eager = _run(lambda a, b, z: reference.relation_loss(a, b, xt, yt, token_mask)
+                 + reference.softmax_kl(z, teacher, 2.0, mask), [xs, ys, logits])
+    _compare(traced, eager, [xs, ys, logits], torch.float32)
+
+
+def test_fused_losses_are_unchanged_under_autocast() -> None:
+    s, t, mask = _logit_case((4, 6, 50), torch.float32, "cpu")
+    tensors, token_mask = _relation_case(2, 2, 12, 4, 6, torch.float32, "cpu")
+
+    def losses():
+        return [kd_kernels.softmax_kl(s, t, 2.0, mask), *(kd_kernels.relation_loss(*tensors, token_mask, kind)
+                                                         for kind in ("kl", "ce", "mse"))]
+
+    plain = losses()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for got, want in zip(losses(), plain, strict=True):
+            assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_cuda_relation_fits_the_device_limits() -> None:
+    """The decision that keeps too-large heads off the CUDA kernels, checked without a GPU."""
+    from kd_kernels.dispatch import cuda_relation_fits, cuda_relation_shared_bytes
+
+    h100 = 227 * 1024  # cudaDevAttrMaxSharedMemoryPerBlockOptin of sm_90 (and 163 KiB on sm_80)
+    assert cuda_relation_shared_bytes(64, 64) == 4 * (96 * 128 + 32 + 64 * 64 + 4 * 32)
+    assert cuda_relation_fits(64, 64, 32 * 12, 512, h100)  # MiniLM-sized heads
+    assert cuda_relation_fits(64, 64, 32 * 12, 512, 163 * 1024)
+    assert not cuda_relation_fits(312, 768, 32, 128, h100)  # NST: one head the size of the hidden states
+    assert not cuda_relation_fits(64, 64, 32 * 12, 512, 48 * 1024)
+    assert cuda_relation_fits(64, 64, 100_000, 64, h100)  # batch * heads past gridDim.y's 65535
+    assert not cuda_relation_fits(64, 64, 2**26, 4096, h100)  # 2^32 blocks
+    # The Python mirror of the launch geometry must follow the .cu file.
+    source = (Path(kd_kernels.__file__).parent / "csrc" / "cuda" / "relation_loss.cu").read_text()
+    from kd_kernels import dispatch
+
+    assert f"constexpr int kRows = {dispatch.CUDA_RELATION_ROWS};" in source
+    assert f"constexpr int kTile = {dispatch.CUDA_RELATION_TILE};" in source
+
+
+def test_relation_loss_on_cuda_falls_back_for_heads_that_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kd_kernels import dispatch
+    from kd_kernels.build import KernelWarning
+
+    properties = SimpleNamespace(shared_memory_per_block_optin=227 * 1024)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties)
+    monkeypatch.setattr(dispatch, "_MISFITS", set())
+    assert dispatch._cuda_relation_runs(64, 64, 384, 512, 0)
+    with pytest.warns(KernelWarning, match=r"d_s=312, d_t=768 need 495232 bytes of shared memory per block, cuda:0 "
+                                           r"allows 232448\); using the pure-PyTorch reference"):
+        assert not dispatch._cuda_relation_runs(312, 768, 32, 128, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per shape
+        assert not dispatch._cuda_relation_runs(312, 768, 32, 128, 0)
 
 
 def test_backend_reports_the_choice_and_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:

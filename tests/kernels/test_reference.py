@@ -87,3 +87,86 @@ def test_relation_loss_scales_by_inverse_square_root_of_each_sides_head_size() -
     assert default.item() == explicit.item()
     with pytest.raises(ValueError, match="kind must be 'kl', 'ce' or 'mse'"):
         reference.relation_loss(xs, xs, xt, xt, kind="js")
+
+
+# -- every reference function: autocast and padding ----------------------------------------------
+
+def _logits(g: torch.Generator, length: int) -> torch.Tensor:
+    return torch.randn(2, length, 11, generator=g, dtype=torch.float64).float() * 3
+
+
+def _states(g: torch.Generator, length: int) -> torch.Tensor:
+    return torch.randn(2, length, 6, generator=g, dtype=torch.float64).float()
+
+
+def _maps(g: torch.Generator, length: int) -> torch.Tensor:
+    return torch.randn(2, 3, length, length, generator=g, dtype=torch.float64).float() * 2
+
+
+def _heads(g: torch.Generator, length: int, d: int) -> torch.Tensor:
+    return torch.randn(2, 3, length, d, generator=g, dtype=torch.float64).float() * 2
+
+
+# name: (function over (student, teacher, mask), student maker, teacher maker, where the token axes are)
+CASES = {
+    "softmax_kl": (lambda s, t, m: reference.softmax_kl(s, t, 2.0, m), _logits, _logits, (1,)),
+    "softmax_kl_ce": (lambda s, t, m: reference.softmax_kl(s, t, 0.5, m, "ce"), _logits, _logits, (1,)),
+    "reverse_kl": (lambda s, t, m: reference.reverse_kl(s, t, 2.0, m), _logits, _logits, (1,)),
+    "jsd": (lambda s, t, m: reference.jsd(s, t, 2.0, m, beta=0.3), _logits, _logits, (1,)),
+    "logit_mse": (lambda s, t, m: reference.logit_mse(s, t, 2.0, m), _logits, _logits, (1,)),
+    "hidden_mse": (reference.hidden_mse, _states, _states, (1,)),
+    "cosine_distance": (reference.cosine_distance, _states, _states, (1,)),
+    "normalized_mse": (reference.normalized_mse, _states, _states, (1,)),
+    "gram_mse": (lambda s, t, m: reference.gram_mse((s, s * 2), (t, t.flip(-1)), m), _states, _states, (1,)),
+    "map_mse": (reference.map_mse, _maps, _maps, (2, 3)),
+    "map_softmax_kl": (reference.map_softmax_kl, _maps, _maps, (2, 3)),
+    "map_softmax_ce": (lambda s, t, m: reference.map_softmax_kl(s, t, m, "ce"), _maps, _maps, (2, 3)),
+    **{f"relation_loss_{kind}": (lambda s, t, m, kind=kind: reference.relation_loss(s, s.flip(-1), t, t * 0.5, m, kind),
+                                 lambda g, n: _heads(g, n, 4), lambda g, n: _heads(g, n, 5), (2,))
+       for kind in ("kl", "ce", "mse")},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_reference_is_the_same_under_autocast(name: str) -> None:
+    """kd's training engine computes losses inside torch.autocast(bf16): the reference must not
+    let autocast run its matmuls (gram_mse, relation_loss) in bf16."""
+    function, student, teacher, _ = CASES[name]
+    g = torch.Generator().manual_seed(3)
+    s, t = student(g, 7), teacher(g, 7)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    plain = function(s, t, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = function(s, t, mask)
+    assert autocast.dtype == torch.float32 and torch.equal(autocast, plain)
+
+
+def _pad(x: torch.Tensor, axes: tuple[int, ...], extra: int, fill: float) -> torch.Tensor:
+    for axis in axes:
+        shape = list(x.shape)
+        shape[axis] = extra
+        x = torch.cat([x, torch.full(shape, fill, dtype=x.dtype)], axis)
+    return x
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("fill", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
+def test_padding_holding_inf_gives_the_trimmed_value_and_gradient(name: str, fill: float) -> None:
+    """Padding filled with inf, -inf (a padded logit row of all -inf) or NaN on both sides: the
+    value and the student's gradient are those of the trimmed inputs, padded entries get exactly
+    0, and nothing is NaN."""
+    function, student, teacher, axes = CASES[name]
+    g = torch.Generator().manual_seed(4)
+    s, t = student(g, 6), teacher(g, 6)
+    trimmed_s = s.clone().requires_grad_()
+    trimmed = function(trimmed_s, t, None)
+    trimmed.backward()
+    padded_s = _pad(s, axes, 3, fill).requires_grad_()
+    mask = torch.tensor([[1] * 6 + [0] * 3] * 2)
+    value = function(padded_s, _pad(t, axes, 3, fill), mask)
+    value.backward()
+    assert value.item() == pytest.approx(trimmed.item(), rel=1e-6, abs=1e-7)
+    assert torch.isfinite(padded_s.grad).all()
+    real = tuple(slice(None) if axis not in axes else slice(0, 6) for axis in range(s.dim()))
+    torch.testing.assert_close(padded_s.grad[real], trimmed_s.grad, rtol=1e-5, atol=1e-7)
+    assert padded_s.grad.abs().sum() == pytest.approx(trimmed_s.grad.abs().sum().item(), rel=1e-5)

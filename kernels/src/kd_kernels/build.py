@@ -3,7 +3,8 @@
 The CPU extension is compiled from ``csrc/cpu`` with OpenMP on and the vector ISA of this
 machine set explicitly (AVX512, AVX2 or none, as torch itself detects), the CUDA extension from
 ``csrc/cuda`` where torch has CUDA. Builds go to a cache directory keyed by the sources, the ISA
-and the torch version, so the first use compiles (with a visible message) and later uses load.
+(for CUDA, the GPU architectures compiled for) and the torch version, so the first use compiles
+(with a visible message) and later uses load.
 ``python -m kd_kernels.build`` builds ahead of time; ``make .venv`` runs it.
 """
 
@@ -62,11 +63,29 @@ def _sources(kind: str) -> list[Path]:
     return sorted((CSRC / kind).glob("*.cpp")) + sorted((CSRC / kind).glob("*.cu"))
 
 
+def _has_cuda() -> bool:
+    return bool(torch.version.cuda) and torch.cuda.is_available()
+
+
+def cuda_archs() -> str:
+    """The GPU architectures a CUDA build targets, as torch's extension builder chooses them:
+    ``$TORCH_CUDA_ARCH_LIST`` where set, else the compute capabilities of the visible devices."""
+    listed = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if listed:
+        return listed
+    if not torch.cuda.is_available():
+        return "none"
+    return ";".join(sorted({"{}.{}".format(*torch.cuda.get_device_capability(i))
+                            for i in range(torch.cuda.device_count())}))
+
+
 def _fingerprint(kind: str, flags: list[str]) -> str:
     digest = hashlib.sha256()
     for path in sorted((CSRC / kind).iterdir()):
         digest.update(path.name.encode() + path.read_bytes())
     digest.update(" ".join(flags).encode() + torch.__version__.encode() + sys.version.encode())
+    if kind == "cuda":  # a shared cache must never load a build made for another GPU
+        digest.update(f"CUDA {torch.version.cuda}, archs {cuda_archs()}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -106,7 +125,7 @@ _EXTENSIONS: dict[str, Extension] = {}
 def extension(kind: str) -> Extension:
     """The ``cpu`` or ``cuda`` extension, built on first use and loaded once per process."""
     if kind not in _EXTENSIONS:
-        if kind == "cuda" and not (torch.version.cuda and torch.cuda.is_available()):
+        if kind == "cuda" and not _has_cuda():
             _EXTENSIONS[kind] = Extension("kd_kernels_cuda", error="torch has no CUDA device")
         else:
             cflags = _cpu_flags() if kind == "cpu" else ["-O3", "-std=c++17"]
@@ -121,6 +140,9 @@ def extension(kind: str) -> Extension:
 def main() -> None:
     """Build the CPU kernels (and the CUDA ones where torch has CUDA) ahead of time."""
     for kind in ("cpu", "cuda"):
+        if kind == "cuda" and not _has_cuda():
+            print("kd_kernels_cuda: not built (torch has no CUDA device here)")
+            continue
         built = extension(kind)
         print(f"{built.name}: {built.path if built.loaded else built.error}")
 

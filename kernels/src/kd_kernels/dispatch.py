@@ -2,18 +2,24 @@
 
 ``KD_KERNELS=auto`` (the default) runs the fused kernel where one is built for the device and
 the reference elsewhere, with one warning when a build failed; ``fused`` makes a missing kernel
-an error; ``reference`` always runs :mod:`kd_kernels.reference`.
+an error; ``reference`` always runs :mod:`kd_kernels.reference`. On CUDA, ``relation_loss`` also
+runs the reference, after one warning per shape, for head sizes whose shared memory the device
+cannot give a block (:func:`cuda_relation_fits`).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 
-from kd_kernels import build, reference
+from kd_kernels import reference
 from kd_kernels.ops import compute_dtype
+
+# kd_kernels.build is imported where it is used, not here: ``python -m kd_kernels.build`` would
+# otherwise find the module already imported by the package (runpy's RuntimeWarning).
 
 OPS = ("softmax_kl", "relation_loss")
 CHOICES = ("auto", "fused", "reference")
@@ -67,6 +73,8 @@ def _fused(op: str, x: torch.Tensor) -> bool:
 
 
 def _decide(kind: str, choice: str) -> Backend:
+    from kd_kernels import build
+
     if choice == "reference":
         return Backend("reference", "KD_KERNELS=reference")
     if kind not in ("cpu", "cuda"):
@@ -82,6 +90,74 @@ def _decide(kind: str, choice: str) -> Backend:
     return Backend("reference", unavailable)
 
 
+def _same_dtype(dtype: torch.dtype, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The inputs as they are when they share a dtype, else all in the compute ``dtype`` (the
+    reference's choice): the kernels read every input in one dtype, and an fp32 teacher must not
+    be rounded to a bf16 student's dtype."""
+    if len({x.dtype for x in tensors}) == 1:
+        return tensors
+    return tuple(x.to(dtype) for x in tensors)
+
+
+# The launch geometry of csrc/cuda/relation_loss.cu (its kRows and kTile).
+CUDA_RELATION_ROWS = 64
+CUDA_RELATION_TILE = 32
+CUDA_MAX_BLOCKS = 2**31 - 1
+
+
+def cuda_relation_shared_bytes(d_s: int, d_t: int) -> int:
+    """Dynamic shared memory per block (bytes) the CUDA ``relation_loss`` kernels need for head
+    sizes ``d_s`` and ``d_t``: the largest of the forward and the two backward kernels, as
+    ``relation_loss_shared_bytes`` in csrc/cuda/relation_loss.cu computes it."""
+    rows, tile = CUDA_RELATION_ROWS, CUDA_RELATION_TILE
+    forward = (tile + rows) * (d_s + d_t) + tile
+    backward_queries = forward + rows * d_s
+    backward_keys = backward_queries + 4 * tile
+    return 4 * max(forward, backward_queries, backward_keys)
+
+
+def cuda_relation_fits(d_s: int, d_t: int, batch_heads: int, length: int, smem_limit: int) -> bool:
+    """Whether the CUDA ``relation_loss`` kernels can run heads of sizes ``d_s``/``d_t``,
+    ``batch_heads`` = B * H of them, ``length`` tokens long, on a device whose opt-in shared
+    memory per block is ``smem_limit`` bytes (``cudaDevAttrMaxSharedMemoryPerBlockOptin``): the
+    shared memory must fit, and the one-dimensional grid (a block per 64 rows of each head) must
+    have at most 2^31 - 1 blocks."""
+    blocks = -(-length // CUDA_RELATION_ROWS) * batch_heads
+    return cuda_relation_shared_bytes(d_s, d_t) <= smem_limit and blocks <= CUDA_MAX_BLOCKS
+
+
+@torch.compiler.assume_constant_result
+def _cuda_relation_runs(d_s: int, d_t: int, batch_heads: int, length: int, device_index: int) -> bool:
+    limit = torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
+    if cuda_relation_fits(d_s, d_t, batch_heads, length, limit):
+        return True
+    key = (d_s, d_t, batch_heads, length, device_index)
+    if key not in _MISFITS:
+        _MISFITS.add(key)
+        from kd_kernels.build import KernelWarning
+
+        needed = cuda_relation_shared_bytes(d_s, d_t)
+        reason = (f"head sizes d_s={d_s}, d_t={d_t} need {needed} bytes of shared memory per block, "
+                  f"cuda:{device_index} allows {limit}" if needed > limit
+                  else f"{batch_heads} heads of length {length} need more than 2^31 - 1 blocks")
+        warnings.warn(f"kd-kernels: relation_loss does not fit the CUDA kernels ({reason}); "
+                      "using the pure-PyTorch reference", KernelWarning, stacklevel=4)
+    return False
+
+
+_MISFITS: set[tuple[int, ...]] = set()
+
+
+def _relation_fused(xs: torch.Tensor, xt: torch.Tensor) -> bool:
+    """Whether ``relation_loss`` runs fused for student ``xs`` and teacher ``xt``."""
+    if not _fused("relation_loss", xs):
+        return False
+    if xs.device.type != "cuda" or xs.dim() != 4 or xt.dim() != 4:
+        return True  # (wrong shapes are reported by the op)
+    batch, heads, length, d_s = xs.shape
+    return _cuda_relation_runs(d_s, xt.shape[-1], batch * heads, length, xs.device.index)  # a tensor's index is set
+
+
 def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: Temperature = 1.0,
                mask: torch.Tensor | None = None, mode: str = "kl") -> torch.Tensor:
     """Temperature-softmax distillation of logits [..., V] with rows [...] and a row ``mask``.
@@ -95,10 +171,11 @@ def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
         raise ValueError(f"softmax_kl mode must be 'kl' or 'ce', got {mode!r}")
     if teacher_logits.requires_grad or not _fused("softmax_kl", student_logits):
         return reference.softmax_kl(student_logits, teacher_logits, temperature, mask, mode)
+    dtype = compute_dtype(student_logits)
+    student_logits, teacher_logits = _same_dtype(dtype, student_logits, teacher_logits)
     vocab = student_logits.shape[-1]
     student = student_logits.reshape(-1, vocab)
     teacher = teacher_logits.reshape(-1, vocab)
-    dtype = compute_dtype(student_logits)
     rows = student.shape[0]
     if isinstance(temperature, torch.Tensor):
         inv_temperature = (1.0 / temperature.to(dtype)).reshape(-1).expand(rows).contiguous()
@@ -121,10 +198,11 @@ def relation_loss(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torc
         raise ValueError(f"relation_loss kind must be 'kl', 'ce' or 'mse', got {kind!r}")
     scale_s = xs.shape[-1] ** -0.5 if scale_s is None else float(scale_s)
     scale_t = xt.shape[-1] ** -0.5 if scale_t is None else float(scale_t)
-    if xt.requires_grad or yt.requires_grad or not _fused("relation_loss", xs):
+    if xt.requires_grad or yt.requires_grad or not _relation_fused(xs, xt):
         return reference.relation_loss(xs, ys, xt, yt, mask, kind, scale_s, scale_t)
     batch, heads, length = xs.shape[:3]
     dtype = compute_dtype(xs)
+    xs, ys, xt, yt = _same_dtype(dtype, xs, ys, xt, yt)
     real = (torch.ones(batch, length, dtype=dtype, device=xs.device) if mask is None else mask.to(dtype))
     lengths = real.sum(-1)
     count = heads * ((lengths**2).sum() if kind == "mse" else lengths.sum())

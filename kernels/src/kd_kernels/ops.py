@@ -13,8 +13,9 @@ the ops exist, trace and compile under torch.compile whether or not a binary was
   ``loss = sum_{b, h, i} row_weight[b, i] * row_value[b, h, i]`` over relation rows
   ``R = scale * X Y^T`` restricted to real keys, ``row_value`` being KL, CE or the sum of squared
   differences ("kl", "ce", "mse").
-- ``*_backward`` ops give the student-side gradients from the saved statistics. The teacher
-  side is not differentiated (kd detaches it).
+- ``*_backward`` ops give the student-side gradients from the saved statistics, contiguous (in
+  the student's dtype) whatever the strides of the inputs. The teacher side is not
+  differentiated (kd detaches it).
 
 Statistics and losses are in the compute dtype: float64 for float64 inputs, float32 otherwise.
 """
@@ -52,7 +53,7 @@ def _softmax_kl_fake(student, teacher, inv_temperature, row_weight, mode):
 
 @torch.library.register_fake("kd::softmax_kl_backward")
 def _softmax_kl_backward_fake(grad_loss, student, teacher, inv_temperature, row_weight, stats_s, stats_t, mode):
-    return torch.empty_like(student)
+    return student.new_empty(student.shape)  # contiguous, as the kernels return it (not empty_like's strides)
 
 
 @torch.library.register_fake("kd::relation_loss")
@@ -65,7 +66,7 @@ def _relation_loss_fake(xs, ys, xt, yt, key_mask, row_weight, scale_s, scale_t, 
 @torch.library.register_fake("kd::relation_loss_backward")
 def _relation_loss_backward_fake(grad_loss, xs, ys, xt, yt, key_mask, row_weight, stats_s, stats_t, scale_s, scale_t,
                                  kind):
-    return torch.empty_like(xs), torch.empty_like(ys)
+    return xs.new_empty(xs.shape), ys.new_empty(ys.shape)
 
 
 def _softmax_kl_setup(ctx: Any, inputs: tuple, output: tuple) -> None:

@@ -3,9 +3,12 @@
 //
 // Work is split over (batch, head). For each query row the keys are visited tile by tile: the
 // tile's relations are computed from packed keys, and an online log-sum-exp (FlashAttention's
-// scheme, accumulating E_{p_T}[R_T - R_S] where FlashAttention accumulates values) carries the
-// row's statistics across tiles. The forward pass saves (max, log sum exp(R - max)) per row and
-// side; the backward pass recomputes each tile from them and writes every gradient row once.
+// scheme, accumulating E_{p_T}[(R_T - max_T) - (R_S - max_S)] where FlashAttention accumulates
+// values; centred, so relations that share a large offset do not cancel catastrophically)
+// carries the row's statistics across tiles. The forward pass saves (max, log sum exp(R - max))
+// per row and side; the backward pass recomputes each tile from them and writes every gradient
+// row once. Padded keys and the tail of the last tile are blended out, never multiplied by a 0/1
+// mask, so whatever they hold (huge values, inf, NaN) reaches neither the loss nor a gradient.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -104,7 +107,9 @@ struct RowState {
     return old_max == minus_infinity<scalar_t>() ? 0.0 : std::exp(static_cast<double>(old_max - new_max));
   }
 
-  // Add one tile of relations r_s, r_t (masked keys already at -inf).
+  // Add one tile of relations r_s, r_t (masked keys already at -inf). ``acc`` holds
+  // sum exp(R_T - max_t) * term with the term centred on the current maxima:
+  // (R_T - max_t) - (R_S - max_s) for kl, R_S - max_s for ce.
   void update(const scalar_t* r_s, const scalar_t* r_t, Kind kind) {
     using Vec = Vectorized<scalar_t>;
     constexpr int64_t n = Vec::size(), tile = tile_size<scalar_t>();
@@ -121,13 +126,18 @@ struct RowState {
       const Vec et = fast_exp(t - mt);
       zs = zs + fast_exp(s - ms);
       zt = zt + et;
-      const Vec term = kind == Kind::kKL ? t - s : s;
+      const Vec term = kind == Kind::kKL ? (t - mt) - (s - ms) : s - ms;
       a = at::vec::fmadd(et, Vec::blendv(term, zero, t == ninf), a);
     }
     const double carry_s = rescale(max_s, new_s), carry_t = rescale(max_t, new_t);
+    if (max_t != minus_infinity<scalar_t>()) {
+      // Re-centre the earlier terms on the new maxima before rescaling them.
+      const double shift_s = static_cast<double>(max_s) - new_s, shift_t = static_cast<double>(max_t) - new_t;
+      acc = (acc + (kind == Kind::kKL ? shift_t - shift_s : shift_s) * sum_t) * carry_t;
+    }
     sum_s = sum_s * carry_s + reduce_sum(zs);
     sum_t = sum_t * carry_t + reduce_sum(zt);
-    acc = acc * carry_t + reduce_sum(a);
+    acc += reduce_sum(a);
     max_s = new_s;
     max_t = new_t;
   }
@@ -147,10 +157,11 @@ template <typename scalar_t>
 scalar_t squared_distance(const scalar_t* r_s, const scalar_t* r_t, const scalar_t* mask) {
   using Vec = Vectorized<scalar_t>;
   constexpr int64_t n = Vec::size(), tile = tile_size<scalar_t>();
+  const Vec zero(0);
   Vec acc(0);
   for (int64_t j = 0; j < tile; j += n) {
-    const Vec diff = Vec::loadu(r_s + j) - Vec::loadu(r_t + j);
-    acc = at::vec::fmadd(diff * diff, Vec::loadu(mask + j), acc);
+    const Vec diff = Vec::blendv(Vec::loadu(r_s + j) - Vec::loadu(r_t + j), zero, Vec::loadu(mask + j) == zero);
+    acc = at::vec::fmadd(diff, diff, acc);
   }
   return reduce_sum(acc);
 }
@@ -184,9 +195,8 @@ double forward_head(const Problem<scalar_t>& p, int64_t bh, HeadBuffers<scalar_t
     double value = squares;
     if (p.kind != Kind::kMSE) {
       const double log_sum_s = std::log(row.sum_s), log_sum_t = std::log(row.sum_t);
-      const double ls = row.max_s + log_sum_s, lt = row.max_t + log_sum_t;
       const double expectation = row.acc / row.sum_t;
-      value = p.kind == Kind::kKL ? expectation - lt + ls : ls - expectation;
+      value = p.kind == Kind::kKL ? expectation - log_sum_t + log_sum_s : log_sum_s - expectation;
       const int64_t at = 2 * (bh * p.L + i);
       stats_s[at] = row.max_s;
       stats_s[at + 1] = static_cast<scalar_t>(log_sum_s);
@@ -221,15 +231,17 @@ void backward_head(const Problem<scalar_t>& p, int64_t bh, double grad_loss, Hea
     std::fill(d_row.begin(), d_row.end(), scalar_t(0));
     const int64_t at = 2 * (bh * p.L + i);
     const Vec vg(g), two_g(2 * g), ms(stats_s[at]), ls(stats_s[at + 1]), mt(stats_t[at]), lt(stats_t[at + 1]);
+    const Vec zero(0);
     for (int64_t j0 = 0; j0 < Lp; j0 += tile) {
       if (!buf.tile_has_keys[j0 / tile]) continue;
       relation_tile(x_s, buf.keys_s.data(), p.ds, Lp, j0, p.scale_s, r_s);
       relation_tile(x_t, buf.keys_t.data(), p.dt, Lp, j0, p.scale_t, r_t);
       // r_s becomes dLoss/dR_S for this tile: g (p_S - p_T) for kl/ce, 2 g (R_S - R_T) for mse.
       for (int64_t j = 0; j < tile; j += n) {
-        const Vec s = Vec::loadu(r_s + j), t = Vec::loadu(r_t + j), m = Vec::loadu(buf.mask.data() + j0 + j);
+        const Vec s = Vec::loadu(r_s + j), t = Vec::loadu(r_t + j);
+        const Vec padded = Vec::loadu(buf.mask.data() + j0 + j) == zero;
         const Vec d = p.kind == Kind::kMSE ? two_g * (s - t) : vg * (fast_exp((s - ms) - ls) - fast_exp((t - mt) - lt));
-        (d * m).store(r_s + j);
+        Vec::blendv(d, zero, padded).store(r_s + j);  // a blend: d may be inf or NaN at a padded key
       }
       const int64_t end = std::min(tile, p.L - j0);
       for (int64_t j = 0; j < end; ++j) {

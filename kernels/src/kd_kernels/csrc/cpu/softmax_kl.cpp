@@ -3,7 +3,9 @@
 // Forward: per row, a max pass and one exp pass (the row stays in cache between them) give the
 // row's loss and each side's statistics saved for backward, (max, log sum exp(z/T - max)): kept
 // apart, not summed into one log-sum-exp, because at large logits rounding that sum to fp32
-// would cost the gradient its precision. Rows of weight 0 are skipped. The
+// would cost the gradient its precision. For the same reason the expectation over p_T is taken
+// of centred terms, (z_T/T - max_T) - (z_S/T - max_S) or z_S/T - max_S: raw logits that share a
+// large offset would cancel catastrophically. Rows of weight 0 are skipped. The
 // weighted row losses are summed in row order, so the result does not depend on threading.
 // Backward: one pass per row writes grad = coef * (p_S - p_T) once, from the saved statistics.
 #include <ATen/ATen.h>
@@ -60,7 +62,7 @@ RowForward<scalar_t> row_forward(const scalar_t* s, const scalar_t* t, int64_t V
     zs = zs + fast_exp(sv - vms);
     zt = zt + et;
     // A teacher entry of -inf has probability 0; blend its term to 0 (0 * inf would be NaN).
-    const Vec term = mode == Mode::kKL ? tv - sv : sv;
+    const Vec term = mode == Mode::kKL ? (tv - vmt) - (sv - vms) : sv - vms;
     acc = at::vec::fmadd(et, Vec::blendv(term, zero, tv == ninf), acc);
   }
   double sum_s = reduce_sum(zs), sum_t = reduce_sum(zt), sum_a = reduce_sum(acc);
@@ -70,15 +72,15 @@ RowForward<scalar_t> row_forward(const scalar_t* s, const scalar_t* t, int64_t V
     sum_s += std::exp(sv - ms);
     sum_t += et;
     if (tv != -INFINITY) {
-      sum_a += et * (mode == Mode::kKL ? tv - sv : sv);
+      sum_a += et * (mode == Mode::kKL ? (tv - mt) - (sv - ms) : sv - ms);
     }
   }
   const double log_sum_s = std::log(sum_s), log_sum_t = std::log(sum_t);
-  const double lse_s = ms + log_sum_s, lse_t = mt + log_sum_t;
-  const double expectation = sum_a / sum_t;  // E_{p_T}[z_T/T - z_S/T] (kl) or E_{p_T}[z_S/T] (ce)
+  // E_{p_T}[(z_T/T - max_T) - (z_S/T - max_S)] (kl) or E_{p_T}[z_S/T - max_S] (ce)
+  const double expectation = sum_a / sum_t;
   const double loss = mode == Mode::kKL
-      ? (expectation - lse_t + lse_s) / (static_cast<double>(inv_t) * inv_t)
-      : lse_s - expectation;
+      ? (expectation - log_sum_t + log_sum_s) / (static_cast<double>(inv_t) * inv_t)
+      : log_sum_s - expectation;
   return {loss, ms, static_cast<scalar_t>(log_sum_s), mt, static_cast<scalar_t>(log_sum_t)};
 }
 
@@ -104,12 +106,12 @@ void row_backward(const scalar_t* s, const scalar_t* t, scalar_t* grad, int64_t 
 void check_inputs(const at::Tensor& s, const at::Tensor& t, const at::Tensor& inv_t, const at::Tensor& w) {
   TORCH_CHECK(s.dim() == 2 && s.sizes() == t.sizes(), "softmax_kl: student ", s.sizes(), " and teacher ",
               t.sizes(), " must be the same [N, V]");
-  TORCH_CHECK(s.scalar_type() == t.scalar_type(), "softmax_kl: student and teacher dtypes differ");
   TORCH_CHECK(inv_t.numel() == s.size(0) && w.numel() == s.size(0),
               "softmax_kl: inv_temperature and row_weight must have one entry per row");
 }
 
-// Inputs of bf16/fp16 are computed in fp32; float64 stays float64.
+// Inputs of bf16/fp16 are computed in fp32; float64 stays float64. The teacher is converted to the
+// student's compute type, whatever its own dtype (as the reference does).
 at::ScalarType compute_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }

@@ -11,7 +11,8 @@ namespace kd_kernels::cpu {
 
 using at::vec::Vectorized;
 
-// exp with a 2-ulp fast path for float (the hot case) and the exact routine for double.
+// exp: for float (the hot case) at::vec's exp_u20, a polynomial accurate to 20 ulp that gives 0 below
+// log(FLT_MIN) (so exp(-inf) = 0); for double the exact routine.
 template <typename scalar_t>
 inline Vectorized<scalar_t> fast_exp(const Vectorized<scalar_t>& x) {
   if constexpr (std::is_same_v<scalar_t, float>) {

@@ -11,6 +11,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace kd_cuda {
@@ -31,6 +32,12 @@ struct RelationShape {
   float scale_s, scale_t;
   int kind;
 };
+
+// Dynamic shared memory per block the relation_loss kernels need (the largest of forward and
+// backward), and the blocks of their one-dimensional grid: callers check these against the
+// device (cudaDevAttrMaxSharedMemoryPerBlockOptin, and at most 2^31 - 1 blocks) before launching.
+size_t relation_loss_shared_bytes(int64_t d_s, int64_t d_t);
+int64_t relation_loss_blocks(int64_t batch_heads, int64_t length);
 
 cudaError_t relation_loss_forward(DType dtype, const void* xs, const void* ys, const void* xt, const void* yt,
                                   const float* key_mask, const float* row_weight, float* row_value,

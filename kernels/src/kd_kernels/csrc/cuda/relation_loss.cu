@@ -1,9 +1,15 @@
 // relation_loss on CUDA: per (batch, head) relation rows R = scale * X Y^T compared between
 // student and teacher without an [L, L] buffer. Keys are staged through shared memory tile by
 // tile; each thread owns one query row and carries an online log-sum-exp across the tiles
-// (FlashAttention's scheme, accumulating E_{p_T}[R_T - R_S] in place of the values).
+// (FlashAttention's scheme, accumulating E_{p_T}[(R_T - max_T) - (R_S - max_S)] in place of the
+// values, centred so that relations sharing a large offset do not cancel catastrophically).
 // Backward: one kernel gives dX (a thread per query row), one gives dY (a thread per key), each
-// recomputing relations from the saved statistics and writing its gradient rows once.
+// recomputing relations from the saved statistics and writing its gradient rows once. Padded
+// keys and queries are skipped by a branch (never multiplied by a 0/1 mask), so whatever they
+// hold reaches neither the loss nor a gradient. The grid is one-dimensional, (batch * heads)
+// times the row blocks of one head, so that batch * heads is not bounded by gridDim.y.
+#include <algorithm>
+
 #include "common.cuh"
 
 namespace kd_cuda {
@@ -11,6 +17,7 @@ namespace {
 
 constexpr int kRows = 64;  // threads per block: query rows (forward, dX) or keys (dY)
 constexpr int kTile = 32;  // keys (or queries) staged in shared memory per step
+constexpr int64_t kMaxBlocks = 2147483647;  // gridDim.x
 
 struct Pointers {
   const float* key_mask;
@@ -33,30 +40,36 @@ __device__ __forceinline__ float dot(const float* a, const float* b, int d) {
   return acc;
 }
 
-// Online statistics of one relation row.
+// Online statistics of one relation row. ``acc`` is sum exp(R_T - max_t) * term with the term
+// centred on the current maxima: (R_T - max_t) - (R_S - max_s) for kl, R_S - max_s for ce.
 struct RowState {
   float max_s = kMinusInfinity, sum_s = 0.f, max_t = kMinusInfinity, sum_t = 0.f, acc = 0.f;
 
   __device__ void add(float rs, float rt, int kind) {
-    if (rs > max_s) {
-      sum_s = sum_s * expf(max_s - rs) + 1.f;  // expf(-inf) = 0 on the first key
-      max_s = rs;
-    } else {
-      sum_s += expf(rs - max_s);
+    if (rs > max_s || rt > max_t) {
+      const float new_s = fmaxf(max_s, rs), new_t = fmaxf(max_t, rt);
+      if (max_t != kMinusInfinity) {  // re-centre the earlier terms on the new maxima, then rescale
+        const float shift_s = max_s - new_s, shift_t = max_t - new_t, carry_t = expf(shift_t);
+        acc = (acc + (kind == 0 ? shift_t - shift_s : shift_s) * sum_t) * carry_t;
+        sum_t *= carry_t;
+        sum_s *= expf(shift_s);
+      }
+      max_s = new_s;
+      max_t = new_t;
     }
-    const float term = kind == 0 ? rt - rs : rs;
-    if (rt > max_t) {
-      const float carry = expf(max_t - rt);
-      sum_t = sum_t * carry + 1.f;
-      acc = acc * carry + term;
-      max_t = rt;
-    } else {
-      const float et = expf(rt - max_t);
-      sum_t += et;
-      acc += et * term;
-    }
+    const float et = expf(rt - max_t);
+    sum_s += expf(rs - max_s);
+    sum_t += et;
+    acc += et * (kind == 0 ? (rt - max_t) - (rs - max_s) : rs - max_s);
   }
 };
+
+// The (batch * head, query or key block) a block of the one-dimensional grid works on.
+__device__ __forceinline__ void block_position(int64_t length, int64_t* bh, int64_t* first) {
+  const int64_t blocks = (length + kRows - 1) / kRows;
+  *bh = blockIdx.x / blocks;
+  *first = (blockIdx.x % blocks) * kRows;
+}
 
 // The row's query, in registers is not possible for a runtime width, so it is staged in shared memory.
 template <typename T>
@@ -65,13 +78,16 @@ __global__ void forward_kernel(const T* __restrict__ xs, const T* __restrict__ y
                                float* __restrict__ stats_s, float* __restrict__ stats_t, RelationShape shape) {
   extern __shared__ float smem[];
   const int ds = static_cast<int>(shape.d_s), dt = static_cast<int>(shape.d_t);
-  const int64_t L = shape.length, bh = blockIdx.y, b = bh / shape.heads;
+  const int64_t L = shape.length;
+  int64_t bh, first;
+  block_position(L, &bh, &first);
+  const int64_t b = bh / shape.heads;
   float* keys_s = smem;
   float* keys_t = keys_s + kTile * ds;
   float* key_real = keys_t + kTile * dt;
   float* query_s = key_real + kTile;
   float* query_t = query_s + kRows * ds;
-  const int64_t i = blockIdx.x * static_cast<int64_t>(kRows) + threadIdx.x;
+  const int64_t i = first + threadIdx.x;
   const float weight = i < L ? p.row_weight[b * L + i] : 0.f;
   const bool active = weight != 0.f;
   float* q_s = query_s + threadIdx.x * ds;
@@ -131,14 +147,17 @@ __global__ void backward_queries_kernel(const float* __restrict__ grad_loss, con
                                         RelationShape shape) {
   extern __shared__ float smem[];
   const int ds = static_cast<int>(shape.d_s), dt = static_cast<int>(shape.d_t);
-  const int64_t L = shape.length, bh = blockIdx.y, b = bh / shape.heads;
+  const int64_t L = shape.length;
+  int64_t bh, first;
+  block_position(L, &bh, &first);
+  const int64_t b = bh / shape.heads;
   float* keys_s = smem;
   float* keys_t = keys_s + kTile * ds;
   float* key_real = keys_t + kTile * dt;
   float* query_s = key_real + kTile;
   float* query_t = query_s + kRows * ds;
   float* d_query = query_t + kRows * dt;
-  const int64_t i = blockIdx.x * static_cast<int64_t>(kRows) + threadIdx.x;
+  const int64_t i = first + threadIdx.x;
   const float g = i < L ? grad_loss[0] * p.row_weight[b * L + i] : 0.f;
   const bool active = g != 0.f;
   float* q_s = query_s + threadIdx.x * ds;
@@ -175,7 +194,10 @@ __global__ void backward_keys_kernel(const float* __restrict__ grad_loss, const 
                                      Pointers p, T* __restrict__ grad_ys, RelationShape shape) {
   extern __shared__ float smem[];
   const int ds = static_cast<int>(shape.d_s), dt = static_cast<int>(shape.d_t);
-  const int64_t L = shape.length, bh = blockIdx.y, b = bh / shape.heads;
+  const int64_t L = shape.length;
+  int64_t bh, first;
+  block_position(L, &bh, &first);
+  const int64_t b = bh / shape.heads;
   float* queries_s = smem;
   float* queries_t = queries_s + kTile * ds;
   float* query_g = queries_t + kTile * dt;
@@ -183,7 +205,7 @@ __global__ void backward_keys_kernel(const float* __restrict__ grad_loss, const 
   float* key_s = query_stats + 4 * kTile;
   float* key_t = key_s + kRows * ds;
   float* d_key = key_t + kRows * dt;
-  const int64_t j = blockIdx.x * static_cast<int64_t>(kRows) + threadIdx.x;
+  const int64_t j = first + threadIdx.x;
   const bool real_key = j < L && p.key_mask[b * L + j] != 0.f;
   float* k_s = key_s + threadIdx.x * ds;
   float* k_t = key_t + threadIdx.x * dt;
@@ -221,6 +243,13 @@ __global__ void backward_keys_kernel(const float* __restrict__ grad_loss, const 
   for (int k = 0; k < ds; ++k) grad_ys[(bh * L + j) * ds + k] = from_float<T>(shape.scale_s * dk[k]);
 }
 
+// Dynamic shared memory of each kernel (kd_kernels.dispatch.cuda_relation_shared_bytes mirrors it).
+size_t forward_bytes(int64_t d_s, int64_t d_t) { return sizeof(float) * ((kTile + kRows) * (d_s + d_t) + kTile); }
+size_t backward_queries_bytes(int64_t d_s, int64_t d_t) { return forward_bytes(d_s, d_t) + sizeof(float) * kRows * d_s; }
+size_t backward_keys_bytes(int64_t d_s, int64_t d_t) {
+  return backward_queries_bytes(d_s, d_t) + sizeof(float) * 4 * kTile;
+}
+
 template <typename Kernel>
 cudaError_t allow_shared_memory(Kernel kernel, size_t bytes) {
   return bytes > 48 * 1024 ? cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -230,12 +259,20 @@ cudaError_t allow_shared_memory(Kernel kernel, size_t bytes) {
 
 }  // namespace
 
+size_t relation_loss_shared_bytes(int64_t d_s, int64_t d_t) {
+  return std::max(forward_bytes(d_s, d_t), std::max(backward_queries_bytes(d_s, d_t), backward_keys_bytes(d_s, d_t)));
+}
+
+int64_t relation_loss_blocks(int64_t batch_heads, int64_t length) { return (length + kRows - 1) / kRows * batch_heads; }
+
 cudaError_t relation_loss_forward(DType dtype, const void* xs, const void* ys, const void* xt, const void* yt,
                                   const float* key_mask, const float* row_weight, float* row_value,
                                   float* stats_s, float* stats_t, RelationShape shape, cudaStream_t stream) {
   if (shape.batch * shape.heads * shape.length == 0) return cudaSuccess;
-  const dim3 grid((shape.length + kRows - 1) / kRows, shape.batch * shape.heads);
-  const size_t bytes = sizeof(float) * ((kTile + kRows) * (shape.d_s + shape.d_t) + kTile);
+  const int64_t blocks = relation_loss_blocks(shape.batch * shape.heads, shape.length);
+  if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(blocks));
+  const size_t bytes = forward_bytes(shape.d_s, shape.d_t);
   const Pointers p{key_mask, row_weight, nullptr, nullptr};
   KD_DISPATCH_DTYPE(dtype, {
     const cudaError_t status = allow_shared_memory(forward_kernel<scalar_t>, bytes);
@@ -252,9 +289,11 @@ cudaError_t relation_loss_backward(DType dtype, const float* grad_loss, const vo
                                    const float* stats_s, const float* stats_t, void* grad_xs, void* grad_ys,
                                    RelationShape shape, cudaStream_t stream) {
   if (shape.batch * shape.heads * shape.length == 0) return cudaSuccess;
-  const dim3 grid((shape.length + kRows - 1) / kRows, shape.batch * shape.heads);
-  const size_t query_bytes = sizeof(float) * ((kTile + kRows) * (shape.d_s + shape.d_t) + kTile + kRows * shape.d_s);
-  const size_t key_bytes = sizeof(float) * ((kTile + kRows) * (shape.d_s + shape.d_t) + 5 * kTile + kRows * shape.d_s);
+  const int64_t blocks = relation_loss_blocks(shape.batch * shape.heads, shape.length);
+  if (blocks > kMaxBlocks) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(blocks));
+  const size_t query_bytes = backward_queries_bytes(shape.d_s, shape.d_t);
+  const size_t key_bytes = backward_keys_bytes(shape.d_s, shape.d_t);
   const Pointers p{key_mask, row_weight, stats_s, stats_t};
   KD_DISPATCH_DTYPE(dtype, {
     cudaError_t status = allow_shared_memory(backward_queries_kernel<scalar_t>, query_bytes);

@@ -1,6 +1,7 @@
 // softmax_kl on CUDA: one block per row. Forward: a max pass and an exp pass (the row is read
 // twice, the second time mostly from L2), block reductions, one thread writes the row's weighted
-// loss and its statistics. Backward: grad = coef * (p_S - p_T), each element written once.
+// loss and its statistics. The expectation over p_T is taken of terms centred on the row maxima,
+// so logits that share a large offset do not cancel catastrophically. Backward: grad = coef * (p_S - p_T), each element written once.
 #include "common.cuh"
 
 namespace kd_cuda {
@@ -39,16 +40,16 @@ __global__ void forward_kernel(const T* __restrict__ student, const T* __restric
     const float et = expf(zt - max_t);
     sum_s += expf(zs - max_s);
     sum_t += et;
-    if (zt != kMinusInfinity) acc += et * (mode == 0 ? zt - zs : zs);  // p_T = 0 contributes nothing
+    // p_T = 0 contributes nothing
+    if (zt != kMinusInfinity) acc += et * (mode == 0 ? (zt - max_t) - (zs - max_s) : zs - max_s);
   }
   sum_s = block_reduce(sum_s, Sum(), scratch, 0.f);
   sum_t = block_reduce(sum_t, Sum(), scratch, 0.f);
   acc = block_reduce(acc, Sum(), scratch, 0.f);
   if (threadIdx.x == 0) {
     const float log_sum_s = logf(sum_s), log_sum_t = logf(sum_t);
-    const float expectation = acc / sum_t;
-    const float lse_s = max_s + log_sum_s, lse_t = max_t + log_sum_t;
-    const float loss = mode == 0 ? (expectation - lse_t + lse_s) / (inv_t * inv_t) : lse_s - expectation;
+    const float expectation = acc / sum_t;  // E_{p_T}[(z_T/T - max_T) - (z_S/T - max_S)] or E_{p_T}[z_S/T - max_S]
+    const float loss = mode == 0 ? (expectation - log_sum_t + log_sum_s) / (inv_t * inv_t) : log_sum_s - expectation;
     row_loss[row] = weight * loss;
     stats_s[2 * row] = max_s;
     stats_s[2 * row + 1] = log_sum_s;
