@@ -38,7 +38,9 @@ def test_textbrewer_t4_tiny_config_loads_unchanged_and_agrees_with_textbrewer(te
     assert ours.intermediate_matches[5].layer_T == [0, 0]
 
 
-def test_textbrewer_training_config_loads_unchanged(textbrewer_configurations) -> None:
+def test_textbrewer_training_config_loads_unchanged(textbrewer_configurations, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # TextBrewer's TrainingConfig creates its output_dir on construction
     path = EXAMPLES / "training_config.json"
     ours = TrainingConfig.from_json(path)
     theirs = textbrewer_configurations.TrainingConfig.from_json_file(str(path))

@@ -2,11 +2,18 @@
 
 Public names: :func:`lookup` (the one way to get a registered part), :data:`hookimpl` (for plugin
 authors), :class:`TrainingConfig`, :class:`DistillationConfig`, :class:`BasicTrainer`,
-:class:`BasicDistiller`, :class:`GeneralDistiller`, :class:`MultiTeacherDistiller`, :class:`LossPlan`, :class:`Adaptor`.
+:class:`BasicDistiller`, :class:`GeneralDistiller`, :class:`MultiTeacherDistiller`,
+:class:`MultiTaskDistiller`, :class:`LossPlan`, :class:`Adaptor`.
 """
 
 from kd_core.config import DistillationConfig, IntermediateMatch, TrainingConfig
-from kd_core.distillers import BasicDistiller, BasicTrainer, GeneralDistiller, MultiTeacherDistiller
+from kd_core.distillers import (
+    BasicDistiller,
+    BasicTrainer,
+    GeneralDistiller,
+    MultiTaskDistiller,
+    MultiTeacherDistiller,
+)
 from kd_core.errors import (
     ConfigError,
     DuplicateNameError,
@@ -36,6 +43,7 @@ __all__ = [
     "IntermediateMatch",
     "KDError",
     "LossPlan",
+    "MultiTaskDistiller",
     "MultiTeacherDistiller",
     "NonFiniteLossError",
     "PluginError",

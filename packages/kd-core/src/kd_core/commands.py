@@ -9,7 +9,7 @@ import click
 
 from kd_core.checkpoint import write_text_atomic
 from kd_core.plugins import registry, skipped_plugins
-from kd_core.recipe import Recipe, load_recipe, recipe_to_yaml, run_distill, run_train
+from kd_core.recipe import Recipe, load_recipe, recipe_to_yaml, run_distill, run_train, task_for
 from kd_core.registry import KINDS
 
 
@@ -48,6 +48,7 @@ def _run_options(function):
 def _start_run(recipe: Path, output_dir: Path | None, overrides: tuple[str, ...]) -> tuple[Recipe, Path, Path]:
     """Load and validate the recipe, create the output folder and save the recipe as run there."""
     parsed, base_dir = load_recipe(recipe, list(overrides))
+    task_for(parsed)  # an unknown task fails before anything is written
     output_dir = output_dir or Path("runs") / recipe.stem
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output_dir / "recipe.yaml", recipe_to_yaml(parsed))

@@ -6,7 +6,8 @@ All share :class:`~kd_core.engine.Engine`; they differ in how a batch becomes lo
 - :class:`BasicDistiller`: logit distillation plus hard labels from one teacher;
 - :class:`GeneralDistiller`: that plus intermediate matches with projections;
 - :class:`MultiTeacherDistiller`: the average of several teachers' soft targets, and
-  intermediate matches against a named teacher.
+  intermediate matches against a named teacher;
+- :class:`MultiTaskDistiller`: one teacher per task into a student with a head per task.
 """
 
 from __future__ import annotations
@@ -209,3 +210,109 @@ def _resolve_teacher(match: IntermediateMatch, names: list[str], where: str) -> 
         return match.model_copy(update={"teacher": str(teacher)})
     raise ConfigError(f"{where}.teacher: {teacher!r} is not one of the teachers ({', '.join(names)}) "
                       f"nor an index below {len(names)}")
+
+
+class MultiTaskLoader:
+    """Batches from several tasks' dataloaders as ``(task, batch)`` pairs (TextBrewer's task
+    sampling): each step picks a task with probability proportional to ``len(loader) ** tau`` and
+    takes that loader's next batch, restarting a loader that runs out. One pass yields as many
+    batches as all loaders hold together.
+
+    The task order is drawn from one seed taken from torch's RNG when the pass starts, and each
+    loader is iterated under its own RNG stream derived from it, so a pass replays exactly from
+    the RNG state at its start (kd's exact resume) whatever the training does in between.
+    """
+
+    def __init__(self, dataloaders: Mapping[str, Any], tau: float = 1.0) -> None:
+        if not dataloaders:
+            raise ConfigError("MultiTaskDistiller needs at least one task's dataloader")
+        lengths = {}
+        for task, loader in dataloaders.items():
+            try:
+                lengths[task] = len(loader)
+            except TypeError:
+                raise ConfigError(f"the dataloader of task {task!r} has no length; multi-task sampling "
+                                  "weighs tasks by their number of batches") from None
+            if lengths[task] == 0:
+                raise ConfigError(f"the dataloader of task {task!r} is empty")
+        self.dataloaders = dict(dataloaders)
+        self.tau = tau
+        self.weights = torch.tensor([lengths[t] ** tau for t in self.dataloaders], dtype=torch.float64)
+        self.total = sum(lengths.values())
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self):
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        order = torch.multinomial(self.weights, self.total, replacement=True,
+                                  generator=torch.Generator().manual_seed(seed)).tolist()
+        tasks = list(self.dataloaders)
+        iterators: dict[str, Any] = {}
+        restarts = dict.fromkeys(tasks, 0)
+        for index in order:
+            task = tasks[index]
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((seed + 7919 * (index + 1) + 104729 * restarts[task]) % 2**63)
+                if task not in iterators:
+                    iterators[task] = iter(self.dataloaders[task])
+                try:
+                    batch = next(iterators[task])
+                except StopIteration:
+                    restarts[task] += 1
+                    torch.manual_seed((seed + 7919 * (index + 1) + 104729 * restarts[task]) % 2**63)
+                    iterators[task] = iter(self.dataloaders[task])
+                    batch = next(iterators[task])
+            yield task, batch
+
+
+class MultiTaskDistiller(BasicDistiller):
+    """One teacher per task into one student with a head per task (TextBrewer's
+    ``MultiTaskDistiller``).
+
+    ``model_T``, ``adaptor_T`` and ``adaptor_S`` are dicts keyed by task name; each task's student
+    adaptor picks that task's head from the student's outputs. ``train(optimizer, dataloaders,
+    num_steps=..., tau=1.0, ...)`` takes a dict of dataloaders and samples tasks as
+    :class:`MultiTaskLoader` does; every loss term is logged per task (``sst2.kd``,
+    ``cola.hard_label``, ...). All tasks share the distillation config and its projections.
+    """
+
+    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig,
+                 model_T: Mapping[str, nn.Module], model_S: nn.Module, adaptor_T: Mapping[str, AdaptorLike],
+                 adaptor_S: Mapping[str, AdaptorLike]) -> None:
+        tasks = list(model_T)
+        for name, adaptors in (("adaptor_T", adaptor_T), ("adaptor_S", adaptor_S)):
+            if not isinstance(adaptors, Mapping) or set(adaptors) != set(tasks):
+                given = sorted(adaptors) if isinstance(adaptors, Mapping) else type(adaptors).__name__
+                raise ConfigError(f"MultiTaskDistiller: {name} must be a dict with one adaptor per task "
+                                  f"({', '.join(tasks)}), got {given}")
+        self.tasks = tasks
+        self.models_T = dict(model_T)
+        self.adaptors_T = {t: as_adaptor(a) for t, a in adaptor_T.items()}
+        self.adaptors_S = {t: as_adaptor(a) for t, a in adaptor_S.items()}
+        super().__init__(train_config, distill_config, self.models_T[tasks[0]], model_S,
+                         self.adaptors_T[tasks[0]], self.adaptors_S[tasks[0]])
+
+    def _build_plan(self, config: DistillationConfig) -> LossPlan:
+        return LossPlan(config)
+
+    def teacher_models(self) -> dict[str, nn.Module]:
+        return self.models_T
+
+    def train(self, optimizer: torch.optim.Optimizer, dataloaders: Mapping[str, Any], num_steps: int | None = None,
+              tau: float = 1.0, **kwargs: Any):
+        """Train for ``num_steps`` optimizer steps on batches sampled from the tasks' ``dataloaders``
+        (``num_epochs`` counts passes of :class:`MultiTaskLoader`); the other arguments are
+        :meth:`Engine.train`'s."""
+        unknown = set(dataloaders) - set(self.tasks)
+        if unknown:
+            raise ConfigError(f"dataloaders for unknown tasks {sorted(unknown)}; the teachers are for "
+                              f"{', '.join(self.tasks)}")
+        return super().train(optimizer, MultiTaskLoader(dataloaders, tau), num_steps=num_steps, **kwargs)
+
+    def compute_losses(self, batch: Any, progress: float) -> dict[str, torch.Tensor]:
+        task, inputs = batch
+        features_T = self.run_teacher(task, self.models_T[task], self.adaptors_T[task], inputs,
+                                      self.loss_plan.needs_T)
+        features_S = self.adaptors_S[task].run(self.model_S, inputs, self.loss_plan.needs_S)
+        return {f"{task}.{name}": value for name, value in self.loss_plan(features_S, features_T, progress).items()}
