@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from kd_core.checkpoint import write_text_atomic
+from kd_core.distributed import is_main_process
 from kd_core.plugins import registry, skipped_plugins
 from kd_core.recipe import Recipe, load_recipe, recipe_to_yaml, run_distill, run_train, task_for
 from kd_core.registry import KINDS
@@ -61,6 +62,8 @@ def distill_command(recipe: Path, output_dir: Path | None, resume: bool, overrid
     """Distill a teacher into a student as the RECIPE (YAML/JSON) says."""
     parsed, base_dir, output_dir = _start_run(recipe, output_dir, overrides)
     report = run_distill(parsed, output_dir, base_dir, resume=resume)
+    if not is_main_process():
+        return
     click.echo(json.dumps(report, indent=2))
     click.echo(f"student saved to {output_dir / 'student'}; report at {output_dir / 'report.json'}")
 
@@ -71,6 +74,8 @@ def train_command(recipe: Path, output_dir: Path | None, resume: bool, overrides
     """Fine-tune the RECIPE's teacher on its labelled data."""
     parsed, base_dir, output_dir = _start_run(recipe, output_dir, overrides)
     report = run_train(parsed, output_dir, base_dir, resume=resume)
+    if not is_main_process():
+        return
     click.echo(json.dumps(report, indent=2))
     click.echo(f"model saved to {output_dir / 'model'}; report at {output_dir / 'report.json'}")
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from kd_core import distributed
 from kd_core.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -89,6 +90,7 @@ class Engine:
         self.adaptor_S = as_adaptor(adaptor_S)
         self.device = torch.device(train_config.device)
         self.output_dir = Path(train_config.output_dir)
+        self.dist = distributed.Distributed()
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -140,6 +142,9 @@ class Engine:
             raise ConfigError("train() needs exactly one of num_epochs and num_steps")
         t = self.t_config
         accum = t.gradient_accumulation_steps
+        self.dist, self.device = distributed.setup(self.device)
+        if self.dist.active:
+            dataloader = distributed.ShardedLoader.from_dataloader(dataloader, self.dist, seed=t.seed or 0)
         epoch_len = _length(dataloader)
         if num_steps is None and epoch_len is None:
             raise ConfigError("the dataloader has no length, so train() needs num_steps, not num_epochs")
@@ -171,8 +176,9 @@ class Engine:
             seed_everything(t.seed)
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        metrics = _MetricsLog(self.output_dir / METRICS_FILE, truncate_after=position.global_step)
-        bar = tqdm(total=total_steps, initial=position.global_step, disable=not t.progress,
+        metrics = _MetricsLog(self.output_dir / METRICS_FILE, truncate_after=position.global_step,
+                              enabled=self.dist.is_main)
+        bar = tqdm(total=total_steps, initial=position.global_step, disable=not (t.progress and self.dist.is_main),
                    desc=type(self).__name__, unit="step", dynamic_ncols=True, mininterval=0.5)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         autocast = torch.autocast(self.device.type, dtype=t.autocast_dtype,
@@ -232,8 +238,8 @@ class Engine:
                     bar.update(1)
                     bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
                     sums, pending = {}, 0
-                    if self._checkpoint_due(position.global_step, total_steps, step_in_epoch,
-                                            steps_per_epoch, epoch_done, end_of_epoch):
+                    if self.dist.is_main and self._checkpoint_due(position.global_step, total_steps, step_in_epoch,
+                                                                  steps_per_epoch, epoch_done, end_of_epoch):
                         last_checkpoint = self._save(position, optimizer, scheduler, scaler,
                                                      epoch_rng, total_steps, accum, epoch_len, skipped)
                         if callback is not None:
@@ -272,6 +278,7 @@ class Engine:
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                         params: list[torch.Tensor], max_grad_norm: float) -> None:
+        self.dist.average_gradients(params)
         if scaler is not None:
             scaler.unscale_(optimizer)
         if max_grad_norm is not None and max_grad_norm > 0:
@@ -391,9 +398,13 @@ def _set_loader_rng_state(dataloader: Any, state: dict[str, Any]) -> None:
 
 
 class _MetricsLog:
-    """``metrics.jsonl``: one JSON object per optimizer step, appended and flushed."""
+    """``metrics.jsonl``: one JSON object per optimizer step, appended and flushed (by the main
+    process only when training is distributed)."""
 
-    def __init__(self, path: Path, truncate_after: int) -> None:
+    def __init__(self, path: Path, truncate_after: int, enabled: bool = True) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
         kept = []
         if path.exists() and truncate_after > 0:
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -406,8 +417,10 @@ class _MetricsLog:
         self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        if self.enabled:
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
 
     def close(self) -> None:
-        self._handle.close()
+        if self.enabled:
+            self._handle.close()

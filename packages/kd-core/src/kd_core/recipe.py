@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from kd_core.checkpoint import write_text_atomic
 from kd_core.config import ConfigModel, DistillationConfig, TrainingConfig
 from kd_core.distillers import BasicTrainer, GeneralDistiller, MultiTeacherDistiller
+from kd_core.distributed import is_main_process
 from kd_core.engine import seed_everything
 from kd_core.errors import ConfigError
 from kd_core.features import Adaptor, FeatureNeeds, to_device
@@ -241,6 +242,8 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
     adaptor = task.adaptor(model)
     trainer = BasicTrainer(_training_config(recipe, output_dir), model, adaptor)
     _fit(trainer, model, recipe, data, resume)
+    if not is_main_process():
+        return {}
     task.save_model(model, output_dir / "model", recipe.primary_teacher)
     report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
     if data.eval is not None:
@@ -274,6 +277,8 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
         assistants.append(assistant)
         current = {"assistant": assistant}
     student = _distill_stage(task, recipe, recipe.student, current, data, output_dir, resume)
+    if not is_main_process():
+        return {}
     report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
     if data.eval is not None:
         teacher = next(iter(teachers.values()))
@@ -308,7 +313,8 @@ def _distill_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: dict
         distiller = MultiTeacherDistiller(config, recipe.distillation, teachers, student,
                                           [task.adaptor(t) for t in teachers.values()], task.adaptor(student))
     _fit(distiller, student, recipe, data, resume)
-    task.save_model(student, output_dir / "student", recipe.primary_teacher)
+    if is_main_process():
+        task.save_model(student, output_dir / "student", recipe.primary_teacher)
     return student
 
 
@@ -319,7 +325,8 @@ def _assistant_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: di
     if resume and (output_dir / STAGE_DONE).is_file():
         return task.load_teacher(ModelSpec(model=str(saved)))
     assistant = _distill_stage(task, recipe, spec, teachers, data, output_dir, resume)
-    write_text_atomic(output_dir / STAGE_DONE, f"{saved}\n")
+    if is_main_process():
+        write_text_atomic(output_dir / STAGE_DONE, f"{saved}\n")
     return assistant
 
 

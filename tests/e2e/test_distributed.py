@@ -1,0 +1,55 @@
+"""Data-parallel training with torchrun on CPU (gloo): two processes with per-process batch b end
+where one process with batch 2b ends, up to float-reduction noise; rank 0 alone writes; resume works."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _torchrun(processes: int, output: Path, *args: str) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_port", str(29500 + os.getpid() % 1000), "-m", "tests.e2e.ddp_worker",
+               "--output", str(output), *args]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _weights(output: Path) -> dict[str, torch.Tensor]:
+    return torch.load(output / "student.pt", weights_only=True)
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_two_processes_follow_one_process_with_the_global_batch(tmp_path: Path) -> None:
+    _torchrun(2, tmp_path / "two", "--batch-size", "4")
+    _torchrun(1, tmp_path / "one", "--batch-size", "8")
+    _torchrun(1, tmp_path / "other-seed", "--batch-size", "8", "--seed", "1")
+    two, one, other = _weights(tmp_path / "two"), _weights(tmp_path / "one"), _weights(tmp_path / "other-seed")
+    noise, seed_effect = _max_difference(two, one), _max_difference(one, other)
+    assert noise < 1e-5 and noise < seed_effect / 1000, (noise, seed_effect)
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 13)), "rank 0 alone writes metrics"
+
+
+def test_distributed_run_resumes_bit_for_bit(tmp_path: Path) -> None:
+    _torchrun(2, tmp_path / "straight", "--batch-size", "4", "--ckpt-steps", "5")
+    _torchrun(2, tmp_path / "resumed", "--batch-size", "4", "--ckpt-steps", "5")
+    for name in ("step-00000010", "step-00000012"):  # as if killed after step 5
+        shutil.rmtree(tmp_path / "resumed" / "checkpoints" / name)
+    _torchrun(2, tmp_path / "resumed", "--batch-size", "4", "--ckpt-steps", "5", "--resume")
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
