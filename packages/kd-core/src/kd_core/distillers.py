@@ -299,16 +299,17 @@ class MultiTaskDistiller(BasicDistiller):
     def teacher_models(self) -> dict[str, nn.Module]:
         return self.models_T
 
-    def train(self, optimizer: torch.optim.Optimizer, dataloaders: Mapping[str, Any], num_steps: int | None = None,
-              tau: float = 1.0, **kwargs: Any):
-        """Train for ``num_steps`` optimizer steps on batches sampled from the tasks' ``dataloaders``
-        (``num_epochs`` counts passes of :class:`MultiTaskLoader`); the other arguments are
-        :meth:`Engine.train`'s."""
+    def train(self, optimizer: torch.optim.Optimizer, dataloaders: Mapping[str, Any], num_epochs: int | None = None,
+              num_steps: int | None = None, tau: float = 1.0, **kwargs: Any):
+        """Train for ``num_steps`` optimizer steps (or ``num_epochs`` passes of
+        :class:`MultiTaskLoader`) on batches sampled from the tasks' ``dataloaders``; the other
+        arguments are :meth:`Engine.train`'s."""
         unknown = set(dataloaders) - set(self.tasks)
         if unknown:
             raise ConfigError(f"dataloaders for unknown tasks {sorted(unknown)}; the teachers are for "
                               f"{', '.join(self.tasks)}")
-        return super().train(optimizer, MultiTaskLoader(dataloaders, tau), num_steps=num_steps, **kwargs)
+        return super().train(optimizer, MultiTaskLoader(dataloaders, tau), num_epochs=num_epochs,
+                             num_steps=num_steps, **kwargs)
 
     def compute_losses(self, batch: Any, progress: float) -> dict[str, torch.Tensor]:
         task, inputs = batch

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from kd_core.checkpoint import write_text_atomic
 from kd_core.config import ConfigModel, DistillationConfig, TrainingConfig
-from kd_core.distillers import BasicTrainer, GeneralDistiller, MultiTeacherDistiller
+from kd_core.distillers import BasicTrainer, GeneralDistiller, MultiTaskDistiller, MultiTeacherDistiller
 from kd_core.distributed import is_main_process
 from kd_core.engine import seed_everything
 from kd_core.errors import ConfigError
@@ -138,14 +138,27 @@ class EvalSpec(ConfigModel):
     batch_size: int = Field(32, ge=1)
 
 
+class TaskSpec(ConfigModel):
+    """One task of a multi-task recipe: its data, its teacher and how it is measured."""
+
+    data: DataSpec
+    teacher: ModelSpec
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+
 class Recipe(ConfigModel):
-    """A whole run. See the README for a commented example."""
+    """A whole run. See the README for a commented example.
+
+    Either ``data`` and ``teacher`` (one task), or ``tasks`` (name -> data, teacher, eval): a
+    multi-task distillation into one student with a head per task.
+    """
 
     task: str
-    data: DataSpec
-    teacher: ModelSpec | list[ModelSpec]
+    data: DataSpec | None = None
+    teacher: ModelSpec | list[ModelSpec] | None = None
     """One teacher, or several (``MultiTeacherDistiller``); the first gives the tokenizer and the
     config students are built from."""
+    tasks: dict[str, TaskSpec] | None = None
     student: StudentSpec = Field(default_factory=StudentSpec)
     assistants: list[StudentSpec] = Field(default_factory=list)
     training: TrainingSpec
@@ -155,7 +168,9 @@ class Recipe(ConfigModel):
 
     @property
     def teachers(self) -> list[ModelSpec]:
-        """The teacher specs as a list."""
+        """The teacher specs as a list (each task's teacher in a multi-task recipe)."""
+        if self.tasks is not None:
+            return [t.teacher for t in self.tasks.values()]
         return self.teacher if isinstance(self.teacher, list) else [self.teacher]
 
     @property
@@ -165,6 +180,16 @@ class Recipe(ConfigModel):
 
     @model_validator(mode="after")
     def _teacher_names(self) -> Recipe:
+        if self.tasks is not None:
+            if self.data is not None or self.teacher is not None:
+                raise ValueError("a multi-task recipe gives data and teacher inside each of its tasks, not at the top")
+            if not self.tasks:
+                raise ValueError("tasks: give at least one task")
+            if self.assistants:
+                raise ValueError("assistants: teacher-assistant chains take one task, not a multi-task recipe")
+            return self
+        if self.data is None or self.teacher is None:
+            raise ValueError("give data and teacher (one task) or tasks (several)")
         if not self.teachers:
             raise ValueError("teacher: give a teacher, or a list of at least one")
         names = [_teacher_name(spec, i) for i, spec in enumerate(self.teachers)]
@@ -235,8 +260,9 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
     output_dir = Path(output_dir)
     task = task_for(recipe)
     seed_everything(recipe.training.seed)
-    if len(recipe.teachers) > 1:
-        raise ConfigError("kd train fine-tunes one teacher; give teacher a single model (run it once per teacher)")
+    if len(recipe.teachers) > 1 or recipe.tasks is not None:
+        raise ConfigError("kd train fine-tunes one teacher on one task; give teacher a single model and data "
+                          "(write one recipe per teacher or task)")
     model = task.load_teacher(recipe.primary_teacher)
     data = task.prepare_data(recipe.data, recipe.primary_teacher, base_dir)
     adaptor = task.adaptor(model)
@@ -266,6 +292,8 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
     are loaded from their folders and the interrupted stage continues from its checkpoint.
     """
     output_dir = Path(output_dir)
+    if recipe.tasks is not None:
+        return run_multitask_distill(recipe, output_dir, base_dir, resume)
     task = task_for(recipe)
     seed_everything(recipe.training.seed)
     teachers = {_teacher_name(spec, i): task.load_teacher(spec) for i, spec in enumerate(recipe.teachers)}
@@ -292,6 +320,40 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
         if assistants:
             report["assistants"] = [_measure_against(a, task, data, recipe, teacher_result) for a in assistants]
         report["student"] = _measure_against(student, task, data, recipe, teacher_result)
+    write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def run_multitask_distill(recipe: Recipe, output_dir: Path, base_dir: Path | None = None,
+                          resume: bool = False) -> dict[str, Any]:
+    """Distill each task's teacher into one student with a head per task (``MultiTaskDistiller``);
+    tasks are sampled in proportion to their number of batches. The report has, per task, the
+    teacher's and the student's metric and the retention."""
+    task = task_for(recipe)
+    seed_everything(recipe.training.seed)
+    teachers = {name: task.load_teacher(spec.teacher) for name, spec in recipe.tasks.items()}
+    data = {name: task.prepare_data(spec.data, spec.teacher, base_dir) for name, spec in recipe.tasks.items()}
+    student = task.build_multitask_student(recipe.student, teachers)
+    heads = {name: task.head_adaptor(student, name) for name in recipe.tasks}
+    distiller = MultiTaskDistiller(_training_config(recipe, output_dir), recipe.distillation, teachers, student,
+                                   {name: task.adaptor(t) for name, t in teachers.items()}, heads)
+    t = recipe.training
+    loaders = {name: DataLoader(d.train, batch_size=t.batch_size, shuffle=True, collate_fn=d.collate,
+                                generator=torch.Generator().manual_seed(t.seed)) for name, d in data.items()}
+    _optimize(distiller, student, recipe, loaders, sum(len(v) for v in loaders.values()), resume)
+    if not is_main_process():
+        return {}
+    first = next(iter(recipe.tasks.values()))
+    task.save_model(student, output_dir / "student", first.teacher)
+    report: dict[str, Any] = {"task": recipe.task, "tasks": {}}
+    for name, spec in recipe.tasks.items():
+        if data[name].eval is None:
+            continue
+        measured = recipe.model_copy(update={"eval": spec.eval})
+        teacher_result = measure(teachers[name], task.adaptor(teachers[name]), data[name], measured)
+        student_result = measure(student, heads[name], data[name], measured)
+        student_result["retention"] = _retention(student_result["value"], teacher_result["value"])
+        report["tasks"][name] = {"metric": spec.eval.metric, "teacher": teacher_result, "student": student_result}
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
@@ -372,10 +434,18 @@ def _fit(engine: BasicTrainer | GeneralDistiller, model: nn.Module, recipe: Reci
     t = recipe.training
     loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, collate_fn=data.collate,
                         generator=torch.Generator().manual_seed(t.seed))
-    total = t.num_steps or t.num_epochs * math.ceil(len(loader) / t.gradient_accumulation_steps)
+    _optimize(engine, model, recipe, loader, len(loader), resume)
+
+
+def _optimize(engine: BasicTrainer | GeneralDistiller | MultiTaskDistiller, model: nn.Module, recipe: Recipe,
+              train_data: Any, batches_per_epoch: int, resume: bool) -> None:
+    """AdamW with linear warm-up and decay over the recipe's steps (or epochs of
+    ``batches_per_epoch`` batches), then ``engine.train`` on ``train_data``."""
+    t = recipe.training
+    total = t.num_steps or t.num_epochs * math.ceil(batches_per_epoch / t.gradient_accumulation_steps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
     engine.train(
-        optimizer, loader, num_epochs=t.num_epochs, num_steps=t.num_steps,
+        optimizer, train_data, num_epochs=t.num_epochs, num_steps=t.num_steps,
         scheduler_class=linear_schedule_with_warmup,
         scheduler_args={"num_warmup_steps": int(t.warmup_ratio * total), "num_training_steps": total},
         max_grad_norm=t.max_grad_norm, resume=resume,

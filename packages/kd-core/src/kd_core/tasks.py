@@ -46,3 +46,9 @@ class Task(Protocol):
 
     def save_model(self, model: nn.Module, directory: Path, teacher_spec: ModelSpec) -> None:
         """Save ``model`` (and what it needs to be used, such as its tokenizer) to ``directory``."""
+
+    def build_multitask_student(self, spec: StudentSpec, teachers: dict[str, nn.Module]) -> nn.Module:
+        """A student with one head per task (``teachers`` maps each task to its teacher)."""
+
+    def head_adaptor(self, model: nn.Module, head: str) -> Adaptor:
+        """The adaptor that reads the multi-task student's head for task ``head``."""

@@ -17,9 +17,16 @@ RELATIVE_POSITION_TYPES = frozenset({"mpnet", "deberta", "deberta-v2"})
 disentangled attention): their ``attention`` comes from the model's own eager attention maps."""
 
 
+def encoder_type(model: nn.Module) -> str | None:
+    """The model_type of the model's encoder (of the shared encoder, for a multi-head student)."""
+    config = getattr(model, "config", None)
+    encoder = getattr(config, "encoder", None)
+    return encoder.get("model_type") if isinstance(encoder, dict) else getattr(config, "model_type", None)
+
+
 def attention_from_qk(model: nn.Module) -> bool:
     """Whether ``softmax(Q K^T / sqrt(d))`` over the real keys is the model's attention."""
-    return getattr(getattr(model, "config", None), "model_type", None) not in RELATIVE_POSITION_TYPES
+    return encoder_type(model) not in RELATIVE_POSITION_TYPES
 
 
 class HFAdaptor(Adaptor):
@@ -34,11 +41,15 @@ class HFAdaptor(Adaptor):
     the real keys), computed from the captured Q and K, which is the model's own attention for
     absolute-position families. For MPNet and DeBERTa, whose attention adds position terms,
     ``attention`` is the model's eager ``output_attentions`` and ``attention_scores`` is refused.
-    Per-layer lists hold None at layers nobody reads.
+    Per-layer lists hold None at layers nobody reads. ``model_kwargs`` are passed to every call
+    (``{"task": "sst2"}`` picks a multi-head student's head).
     """
 
+    def __init__(self, model_kwargs: dict[str, Any] | None = None) -> None:
+        self.model_kwargs = dict(model_kwargs or {})
+
     def run(self, model: nn.Module, batch: Any, needs: FeatureNeeds) -> Features:
-        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+        inputs = {**{k: v for k, v in batch.items() if k in MODEL_INPUTS}, **self.model_kwargs}
         from_qk = attention_from_qk(model)
         wanted: dict[str, set[int]] = {f: set(needs.layers[f]) for f in QKV if f in needs}
         if from_qk:
@@ -47,7 +58,7 @@ class HFAdaptor(Adaptor):
                     for qk in ("q", "k"):
                         wanted.setdefault(qk, set()).update(needs.layers[feature])
         elif "attention_scores" in needs:
-            raise ConfigError(f"{model.config.model_type} adds relative-position terms to its attention scores, so "
+            raise ConfigError(f"{encoder_type(model)} adds relative-position terms to its attention scores, so "
                               "Q K^T / sqrt(d) is not its score; distil 'attention' (its own attention maps) instead")
         options = {"output_hidden_states": "hidden" in needs, "return_dict": True}
         if "attention" in needs and not from_qk:

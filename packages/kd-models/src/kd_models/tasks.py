@@ -16,6 +16,7 @@ from kd_core.plugins import lookup
 from kd_core.recipe import DataFile, DataSpec, ModelSpec, StudentSpec
 from kd_core.tasks import PreparedData
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
+from kd_models.multihead import MultiHeadConfig, MultiHeadForSequenceClassification
 from kd_models.paths import resolve_model_path
 from kd_models.rnn import BiRNNPreTrainedModel
 from kd_models.students import transformer_student
@@ -100,6 +101,23 @@ class SequenceClassificationTask:
 
     def adaptor(self, model: nn.Module) -> HFAdaptor:
         return RNNAdaptor() if isinstance(model, BiRNNPreTrainedModel) else HFAdaptor()
+
+    def build_multitask_student(self, spec: StudentSpec, teachers: dict[str, nn.Module]) -> nn.Module:
+        """A :class:`~kd_models.multihead.MultiHeadForSequenceClassification` whose encoder is the
+        first teacher's encoder config with ``spec.config`` overrides, and a head per task sized to
+        that task's teacher. ``spec.model`` loads a saved multi-head student instead."""
+        if spec.model is not None:
+            return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(spec.model))
+        if spec.preset is not None:
+            raise ConfigError("student.preset: multi-task students are built from student.config (overrides of the "
+                              "first teacher's encoder config), not from a preset")
+        first = next(iter(teachers.values()))
+        encoder = transformer_student(first, **dict(spec.config or {})).config.to_dict()
+        return MultiHeadForSequenceClassification(MultiHeadConfig(
+            encoder=encoder, tasks={name: t.config.num_labels for name, t in teachers.items()}))
+
+    def head_adaptor(self, model: nn.Module, head: str) -> HFAdaptor:
+        return HFAdaptor(model_kwargs={"task": head})
 
     def save_model(self, model: nn.Module, directory: Path, teacher_spec: ModelSpec) -> None:
         directory.mkdir(parents=True, exist_ok=True)
