@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.kernel_cases import (
     RELATION_SHAPE,
+    SOFTMAX_TEMPERATURE,
     implementations,
     relation_inputs,
     relation_step,
@@ -38,6 +39,9 @@ def values():
 @pytest.mark.parametrize("impl", list(SOFTMAX))
 def test_softmax_kl_forward_backward(benchmark, logits, impl: str) -> None:
     benchmark.group = "softmax_kl fp32 [4096, 30522] T=4, forward+backward"
+    if impl == "fused":  # the path training takes: the student needs a gradient, which the forward writes
+        student, teacher = logits
+        assert "softmax_kl_with_grad" in type(SOFTMAX[impl](student, teacher, SOFTMAX_TEMPERATURE).grad_fn).__name__
     benchmark.pedantic(softmax_step, args=(SOFTMAX[impl], *logits), warmup_rounds=1, rounds=5)
 
 

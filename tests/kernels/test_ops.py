@@ -66,6 +66,18 @@ def _logit_case(shape: tuple[int, ...], dtype: torch.dtype, device: str, seed: i
     return s, t, mask
 
 
+@pytest.fixture(params=["grad_in_forward", "stats"])
+def softmax_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both CPU implementations of a differentiated ``softmax_kl``: the gradient written in the
+    forward (``kd::softmax_kl_with_grad``, what a student that needs a gradient gets) and the
+    statistics-only op with its backward (``kd::softmax_kl`` + ``kd::softmax_kl_backward``)."""
+    from kd_kernels import dispatch
+
+    if request.param == "stats":
+        monkeypatch.setattr(dispatch, "_gradient_in_forward", lambda student: False)
+    return request.param
+
+
 def _softmax_kl_check(s, t, temperature, mask, mode, dtype) -> None:
     fused = _run(lambda x: kd_kernels.softmax_kl(x, t, temperature, mask, mode), [s])
     ref = _run(lambda x: reference.softmax_kl(x, t, temperature, mask, mode), [s])
@@ -76,7 +88,8 @@ def _softmax_kl_check(s, t, temperature, mask, mode, dtype) -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(41, 1271), (3, 7, 131), (1, 2), (5, 17), (2, 3, 1)], ids=str)
 @pytest.mark.parametrize("mode", ["kl", "ce"])
-def test_softmax_kl_matches_the_reference(device: str, dtype: torch.dtype, shape: tuple, mode: str) -> None:
+def test_softmax_kl_matches_the_reference(device: str, dtype: torch.dtype, shape: tuple, mode: str,
+                                          softmax_path: str) -> None:
     s, t, mask = _logit_case(shape, dtype, device)
     _softmax_kl_check(s, t, 4.0, mask, mode, dtype)
     _softmax_kl_check(s, t, 1.0, None, mode, dtype)
@@ -97,7 +110,7 @@ def _no_worse_than_eager(s, t, temperature, mask, mode) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 20.0])
 @pytest.mark.parametrize("mode", ["kl", "ce"])
-def test_softmax_kl_adversarial_logits(device: str, temperature: float, mode: str) -> None:
+def test_softmax_kl_adversarial_logits(device: str, temperature: float, mode: str, softmax_path: str) -> None:
     s, t, mask = _logit_case((16, 301), torch.float32, device, seed=1, scale=1e4)  # logits up to about +-4e4
     t[2, :150] = -math.inf  # classes the teacher rules out
     t[3, 5] = -math.inf
@@ -112,7 +125,7 @@ def test_softmax_kl_adversarial_logits(device: str, temperature: float, mode: st
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_softmax_kl_fully_masked_rows_give_exact_zero_and_zero_gradient(device: str) -> None:
+def test_softmax_kl_fully_masked_rows_give_exact_zero_and_zero_gradient(device: str, softmax_path: str) -> None:
     s, t, mask = _logit_case((4, 9, 33), torch.float32, device)
     s = s.requires_grad_()
     value = kd_kernels.softmax_kl(s, t, 2.0, torch.zeros_like(mask))
@@ -136,7 +149,8 @@ def test_softmax_kl_padding_changes_nothing(device: str) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["kl", "ce"])
 @pytest.mark.parametrize("fill", [math.inf, -math.inf, 1e38], ids=["inf", "-inf", "huge"])
-def test_softmax_kl_padded_rows_holding_inf_change_nothing(device: str, mode: str, fill: float) -> None:
+def test_softmax_kl_padded_rows_holding_inf_change_nothing(device: str, mode: str, fill: float,
+                                                           softmax_path: str) -> None:
     s, t, mask = _logit_case((3, 6, 50), torch.float32, device)
     trimmed = _run(lambda x: reference.softmax_kl(x, t[:, :4], 2.0, mask[:, :4], mode), [s[:, :4]])
     mask[:, 4:] = 0
@@ -174,7 +188,8 @@ def test_softmax_kl_logits_sharing_a_large_offset(device: str, mode: str, temper
 @pytest.mark.parametrize("mode", ["kl", "ce"])
 @pytest.mark.parametrize("dtypes", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
                                     (torch.float16, torch.bfloat16), (torch.float32, torch.float64)], ids=str)
-def test_softmax_kl_student_and_teacher_dtypes_may_differ(device: str, mode: str, dtypes: tuple) -> None:
+def test_softmax_kl_student_and_teacher_dtypes_may_differ(device: str, mode: str, dtypes: tuple,
+                                                          softmax_path: str) -> None:
     student_dtype, teacher_dtype = dtypes
     s, t, mask = _logit_case((4, 5, 67), torch.float64, device)
     s, t = s.to(student_dtype), t.to(teacher_dtype)
@@ -185,7 +200,7 @@ def test_softmax_kl_student_and_teacher_dtypes_may_differ(device: str, mode: str
 
 
 @pytest.mark.parametrize("mode", ["kl", "ce"])
-def test_softmax_kl_gradcheck_float64(mode: str) -> None:
+def test_softmax_kl_gradcheck_float64(mode: str, softmax_path: str) -> None:
     s, t, mask = _logit_case((3, 4, 11), torch.float64, "cpu")
     temperature = torch.rand(3, 4, generator=_gen(2), dtype=torch.float64) * 3 + 0.5
     assert torch.autograd.gradcheck(lambda x: kd_kernels.softmax_kl(x, t, temperature, mask, mode),
@@ -206,6 +221,142 @@ def test_softmax_kl_opcheck(device: str, mode: str, layout: str) -> None:
     torch.library.opcheck(torch.ops.kd.softmax_kl_backward.default,
                           (torch.tensor(1.0, device=device), s.detach(), t, inv_t, weight, stats_s, stats_t, mode),
                           test_utils=BACKWARD_OP_CHECKS)
+
+
+@pytest.mark.parametrize("mode", ["kl", "ce"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_softmax_kl_with_grad_opcheck(mode: str, layout: str) -> None:
+    s, t, mask = _logit_case((6, 37), torch.float32, "cpu")
+    if layout == "transposed":
+        s, t = s.t().contiguous().t(), t.t().contiguous().t()
+    weight = mask.float() / mask.sum()
+    inv_t = torch.full((6,), 0.25)
+    torch.library.opcheck(torch.ops.kd.softmax_kl_with_grad.default, (s.requires_grad_(), t, inv_t, weight, mode))
+
+
+def _dispatched_ops(function) -> set[str]:
+    """The kd ops a call of ``function`` dispatches to."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: set[str] = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "kd":
+                seen.add(func._opname)
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        function()
+    return seen
+
+
+def test_softmax_kl_computes_the_gradient_in_the_forward_only_when_it_is_needed() -> None:
+    s, t, mask = _logit_case((4, 5, 67), torch.float32, "cpu")
+    student = s.clone().requires_grad_()
+    assert _dispatched_ops(lambda: kd_kernels.softmax_kl(student, t, 2.0, mask)) == {"softmax_kl_with_grad"}
+    with torch.no_grad():
+        assert _dispatched_ops(lambda: kd_kernels.softmax_kl(student, t, 2.0, mask)) == {"softmax_kl"}
+    assert _dispatched_ops(lambda: kd_kernels.softmax_kl(s, t, 2.0, mask)) == {"softmax_kl"}  # no gradient needed
+    # A teacher that needs a gradient runs the reference (the fused ops differentiate the student only).
+    assert _dispatched_ops(lambda: kd_kernels.softmax_kl(s, t.clone().requires_grad_(), 2.0, mask)) == set()
+    # The same loss whichever path computed it.
+    with torch.no_grad():
+        stats_only = kd_kernels.softmax_kl(student, t, 2.0, mask)
+    torch.testing.assert_close(kd_kernels.softmax_kl(student, t, 2.0, mask).detach(), stats_only, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["kl", "ce"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_softmax_kl_scales_its_gradient_by_the_loss_gradient(mode: str, dtype: torch.dtype, softmax_path: str) -> None:
+    """The gradient the forward wrote holds for a loss gradient of 1; any other is applied in the
+    backward (the loss scaled, summed with another, or a gradient passed to backward())."""
+    s, t, mask = _logit_case((3, 7, 131), dtype, "cpu")
+    temperature = torch.rand(3, 7, generator=_gen(3)) * 3 + 0.5
+
+    def scaled(function):
+        def loss(x):
+            return 0.37 * function(x, t, temperature, mask, mode) + (x.float() ** 2).sum() * 1e-3
+        return loss
+
+    _compare(_run(scaled(kd_kernels.softmax_kl), [s]), _run(scaled(reference.softmax_kl), [s]), [s], dtype)
+    student = s.detach().clone().requires_grad_()
+    kd_kernels.softmax_kl(student, t, temperature, mask, mode).backward(torch.tensor(-2.5))
+    want = _run(lambda x: -2.5 * reference.softmax_kl(x, t, temperature, mask, mode), [s])
+    _compare([torch.tensor(0.0), student.grad], [torch.tensor(0.0), want[1]], [s], dtype)
+
+
+def test_softmax_kl_with_grad_retain_graph_and_accumulation(softmax_path: str) -> None:
+    """Backward twice through one graph, and into a .grad that already holds a gradient: the
+    gradient handed to autograd must not be changed by either."""
+    s, t, mask = _logit_case((4, 9, 33), torch.float32, "cpu")
+    want = _run(lambda x: reference.softmax_kl(x, t, 2.0, mask), [s])[1]
+    student = s.clone().requires_grad_()
+    loss = kd_kernels.softmax_kl(student, t, 2.0, mask)
+    loss.backward(retain_graph=True)
+    first = student.grad.clone()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(first, want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(student.grad, 3 * want, rtol=1e-4, atol=1e-6)
+    student.grad.mul_(0.5)  # as gradient clipping does, in place
+    kd_kernels.softmax_kl(student, t, 2.0, mask).backward()
+    torch.testing.assert_close(student.grad, 2.5 * want, rtol=1e-4, atol=1e-6)
+
+
+def test_softmax_kl_has_no_double_backward(softmax_path: str) -> None:
+    """The statistics-only op refuses the derivative of its gradient; the op that wrote the
+    gradient in its forward refuses create_graph=True (it has no graph for that gradient)."""
+    s, t, mask = _logit_case((2, 3, 17), torch.float32, "cpu")
+    student = s.requires_grad_()
+    with pytest.raises(RuntimeError, match="no double backward"):
+        (grad,) = torch.autograd.grad(kd_kernels.softmax_kl(student, t, 2.0, mask), student, create_graph=True)
+        torch.testing.assert_close(grad, _run(lambda x: reference.softmax_kl(x, t, 2.0, mask), [s])[1])
+        grad.pow(2).sum().backward()
+
+
+def test_softmax_kl_with_grad_reuses_large_buffers_correctly() -> None:
+    """Gradients of 16 MiB and more are written to a buffer kept from call to call: a reused
+    buffer's old contents must not leak (masked rows get exact zeros), and a gradient still held
+    is never handed out again."""
+    rows, vocab = 64, 70_000  # 17.9 MB of fp32
+    g = _gen(21)
+    s, t = torch.randn(rows, vocab, generator=g) * 3, torch.randn(rows, vocab, generator=g) * 3
+    mask = torch.ones(rows, dtype=torch.long)
+    mask[5:9] = 0
+    held = []
+    for step, (row_mask, temperature) in enumerate([(None, 2.0), (mask, 4.0), (None, 1.0), (mask, 2.0)]):
+        student = s.clone().requires_grad_()
+        kd_kernels.softmax_kl(student, t, temperature, row_mask).backward()
+        want = _run(lambda x, m=row_mask, T=temperature: reference.softmax_kl(x, t, T, m), [s])[1]
+        torch.testing.assert_close(student.grad, want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
+        if row_mask is not None:
+            assert torch.equal(student.grad[5:9], torch.zeros_like(student.grad[5:9]))
+        if step < 2:
+            held.append((student.grad, want))  # kept alive: the next calls need other buffers
+    pointers = {grad.data_ptr() for grad, _ in held}
+    assert len(pointers) == len(held)
+    for grad, want in held:
+        torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own import
+@pytest.mark.parametrize("mode", ["kl", "ce"])
+def test_softmax_kl_compiles_forward_and_backward_with_a_scaled_loss(mode: str) -> None:
+    """Under torch.compile (inductor) the backward of ``kd::softmax_kl_with_grad`` is traced: no
+    data-dependent branch on the loss gradient, which is then always applied."""
+    s, t, mask = _logit_case((3, 5, 97), torch.float32, "cpu")
+
+    def losses(x):
+        return 0.37 * kd_kernels.softmax_kl(x, t, 2.0, mask, mode) + kd_kernels.softmax_kl(x, t, 3.0, None, mode)
+
+    def expected(x):
+        return 0.37 * reference.softmax_kl(x, t, 2.0, mask, mode) + reference.softmax_kl(x, t, 3.0, None, mode)
+
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        traced = _run(torch.compile(losses, fullgraph=True), [s])
+    _compare(traced, _run(expected, [s]), [s], torch.float32)
 
 
 # -- relation_loss -----------------------------------------------------------------------------
@@ -466,3 +617,20 @@ def test_info_names_every_op_and_device() -> None:
 
     text = report()
     assert "softmax_kl on cpu: fused" in text and "relation_loss on cpu: fused" in text
+
+
+def test_gradient_buffers_can_be_freed_every_call() -> None:
+    # KD_KERNELS_KEEP_BUFFER=0: no idle gradient buffer is kept between calls; results unchanged
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, kd_kernels; from kd_kernels import reference\n"
+            "s = (torch.randn(600, 8000) * 3).requires_grad_(); t = torch.randn(600, 8000) * 3\n"
+            "for _ in range(3):\n"
+            "    s.grad = None; kd_kernels.softmax_kl(s, t, 2.0).backward()\n"
+            "fused = s.grad.clone(); s.grad = None; reference.softmax_kl(s, t, 2.0).backward()\n"
+            "torch.testing.assert_close(fused, s.grad); print('same')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KD_KERNELS_KEEP_BUFFER": "0"})
+    assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]

@@ -158,6 +158,13 @@ def _relation_fused(xs: torch.Tensor, xt: torch.Tensor) -> bool:
     return _cuda_relation_runs(d_s, xt.shape[-1], batch * heads, length, xs.device.index)  # a tensor's index is set
 
 
+def _gradient_in_forward(student: torch.Tensor) -> bool:
+    """Whether the fused ``softmax_kl`` computes the student's gradient in its forward, while each
+    row is in cache (``kd::softmax_kl_with_grad``): on CPU, when the gradient will be needed.
+    Otherwise it computes the loss and the statistics its backward needs, and nothing more."""
+    return student.device.type == "cpu" and student.requires_grad and torch.is_grad_enabled()
+
+
 def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: Temperature = 1.0,
                mask: torch.Tensor | None = None, mode: str = "kl") -> torch.Tensor:
     """Temperature-softmax distillation of logits [..., V] with rows [...] and a row ``mask``.
@@ -166,6 +173,8 @@ def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     ``temperature`` a float or a per-row tensor. The same formula as
     :func:`kd_kernels.reference.softmax_kl`, which runs instead when no fused kernel is available
     or when the teacher requires a gradient (the fused kernels differentiate the student only).
+    On CPU, a student that needs a gradient gets it computed in the forward
+    (``kd::softmax_kl_with_grad``); otherwise only the loss and its statistics are computed.
     """
     if mode not in ("kl", "ce"):
         raise ValueError(f"softmax_kl mode must be 'kl' or 'ce', got {mode!r}")
@@ -183,7 +192,11 @@ def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
         inv_temperature = torch.full((rows,), 1.0 / float(temperature), dtype=dtype, device=student.device)
     real = (torch.ones(rows, dtype=dtype, device=student.device) if mask is None
             else mask.reshape(-1).to(dtype))
-    loss, _, _ = torch.ops.kd.softmax_kl(student, teacher, inv_temperature, real / real.sum().clamp(min=1), mode)
+    row_weight = real / real.sum().clamp(min=1)
+    if _gradient_in_forward(student):
+        loss, _ = torch.ops.kd.softmax_kl_with_grad(student, teacher, inv_temperature, row_weight, mode)
+        return loss
+    loss, _, _ = torch.ops.kd.softmax_kl(student, teacher, inv_temperature, row_weight, mode)
     return loss
 
 
