@@ -226,18 +226,50 @@ int64_t grain_for(int64_t V) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_kl_forward(
-    const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& inv_temperature,
-    const at::Tensor& row_weight, c10::string_view mode_name) {
+// The checked inputs of every softmax_kl op, in the compute type and contiguous.
+struct Inputs {
+  Mode mode;
+  at::ScalarType type;
+  at::Tensor s, t, inv_t, w;
+  int64_t N, V;
+};
+
+Inputs prepare(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& inv_temperature,
+               const at::Tensor& row_weight, c10::string_view mode_name) {
   check_inputs(student, teacher, inv_temperature, row_weight);
   const Mode mode = parse_mode(std::string_view(mode_name.data(), mode_name.size()));
   const auto type = compute_type(student);
-  const at::Tensor s = student.to(type).contiguous(), t = teacher.to(type).contiguous();
-  const at::Tensor inv_t = inv_temperature.to(type).contiguous(), w = row_weight.to(type).contiguous();
-  const int64_t N = s.size(0), V = s.size(1);
+  const at::Tensor s = student.to(type).contiguous();
+  return {mode, type, s, teacher.to(type).contiguous(), inv_temperature.to(type).contiguous(),
+          row_weight.to(type).contiguous(), s.size(0), s.size(1)};
+}
+
+// sum_r w[r] * row_loss[r] over the rows of nonzero weight, in row order (independent of threading).
+template <typename scalar_t>
+double weighted_total(const scalar_t* w, const std::vector<double>& row_loss) {
+  double total = 0;
+  for (size_t r = 0; r < row_loss.size(); ++r) {
+    if (w[r] != 0) total += static_cast<double>(w[r]) * row_loss[r];
+  }
+  return total;
+}
+
+// The factor of (p_S - p_T) in a row's gradient for a loss gradient row_grad:
+// d(T^2 KL)/dz_S = T (p_S - p_T); d(CE)/dz_S = (p_S - p_T) / T.
+double gradient_coef(Mode mode, double row_grad, double inv_t) {
+  return mode == Mode::kKL ? row_grad / inv_t : row_grad * inv_t;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_kl_forward(
+    const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& inv_temperature,
+    const at::Tensor& row_weight, c10::string_view mode_name) {
+  const Inputs in = prepare(student, teacher, inv_temperature, row_weight, mode_name);
+  const Mode mode = in.mode;  // plain locals: lambdas may not capture structured bindings in C++17
+  const at::Tensor &s = in.s, &t = in.t, &inv_t = in.inv_t, &w = in.w;
+  const int64_t N = in.N, V = in.V;
   at::Tensor stats_s = at::zeros({N, 2}, s.options()), stats_t = at::zeros({N, 2}, s.options());
   std::vector<double> row_loss(N, 0.0);
-  AT_DISPATCH_FLOATING_TYPES(type, "kd::softmax_kl", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.type, "kd::softmax_kl", [&] {
     const scalar_t *sp = s.const_data_ptr<scalar_t>(), *tp = t.const_data_ptr<scalar_t>();
     const scalar_t *ip = inv_t.const_data_ptr<scalar_t>(), *wp = w.const_data_ptr<scalar_t>();
     scalar_t *ss = stats_s.mutable_data_ptr<scalar_t>(), *st = stats_t.mutable_data_ptr<scalar_t>();
@@ -252,11 +284,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_kl_forward(
         st[2 * r + 1] = out.log_sum_t;
       }
     });
-    double total = 0;
-    for (int64_t r = 0; r < N; ++r) {
-      if (wp[r] != 0) total += static_cast<double>(wp[r]) * row_loss[r];
-    }
-    row_loss.assign(1, total);
+    row_loss.assign(1, weighted_total(wp, row_loss));
   });
   return {at::scalar_tensor(row_loss[0], s.options()), stats_s, stats_t};
 }
@@ -325,15 +353,13 @@ class GradientBuffers {
 std::tuple<at::Tensor, at::Tensor> softmax_kl_with_grad(const at::Tensor& student, const at::Tensor& teacher,
                                                         const at::Tensor& inv_temperature,
                                                         const at::Tensor& row_weight, c10::string_view mode_name) {
-  check_inputs(student, teacher, inv_temperature, row_weight);
-  const Mode mode = parse_mode(std::string_view(mode_name.data(), mode_name.size()));
-  const auto type = compute_type(student);
-  const at::Tensor s = student.to(type).contiguous(), t = teacher.to(type).contiguous();
-  const at::Tensor inv_t = inv_temperature.to(type).contiguous(), w = row_weight.to(type).contiguous();
-  const int64_t N = s.size(0), V = s.size(1);
+  const Inputs in = prepare(student, teacher, inv_temperature, row_weight, mode_name);
+  const Mode mode = in.mode;  // plain locals: lambdas may not capture structured bindings in C++17
+  const at::Tensor &s = in.s, &t = in.t, &inv_t = in.inv_t, &w = in.w;
+  const int64_t N = in.N, V = in.V;
   at::Tensor grad = GradientBuffers::get().tensor(N, V, s.options());
   std::vector<double> row_loss(N, 0.0);
-  AT_DISPATCH_FLOATING_TYPES(type, "kd::softmax_kl_with_grad", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.type, "kd::softmax_kl_with_grad", [&] {
     const scalar_t *sp = s.const_data_ptr<scalar_t>(), *tp = t.const_data_ptr<scalar_t>();
     const scalar_t *ip = inv_t.const_data_ptr<scalar_t>(), *wp = w.const_data_ptr<scalar_t>();
     scalar_t* gp = grad.mutable_data_ptr<scalar_t>();
@@ -347,19 +373,13 @@ std::tuple<at::Tensor, at::Tensor> softmax_kl_with_grad(const at::Tensor& studen
         }
         const auto out = row_forward<scalar_t, true>(sp + r * V, tp + r * V, V, ip[r], mode, exp_s, exp_t);
         row_loss[r] = out.loss;
-        // d(T^2 KL)/dz_S = T (p_S - p_T); d(CE)/dz_S = (p_S - p_T) / T (as softmax_kl_backward, for g = 1)
-        const double coef = mode == Mode::kKL ? static_cast<double>(wp[r]) / ip[r]
-                                              : static_cast<double>(wp[r]) * ip[r];
+        const double coef = gradient_coef(mode, wp[r], ip[r]);  // for a loss gradient of 1
         row_gradient_from_exp<scalar_t>(exp_s, exp_t, gp + r * V, V, static_cast<scalar_t>(coef / out.sum_s),
                                         static_cast<scalar_t>(coef / out.sum_t));
       }
       stream_fence();
     });
-    double total = 0;
-    for (int64_t r = 0; r < N; ++r) {
-      if (wp[r] != 0) total += static_cast<double>(wp[r]) * row_loss[r];
-    }
-    row_loss.assign(1, total);
+    row_loss.assign(1, weighted_total(wp, row_loss));
   });
   return {at::scalar_tensor(row_loss[0], s.options()), grad};  // in the compute type, cast in the backward
 }
@@ -368,16 +388,14 @@ at::Tensor softmax_kl_backward(const at::Tensor& grad_loss, const at::Tensor& st
                                const at::Tensor& inv_temperature, const at::Tensor& row_weight,
                                const at::Tensor& stats_student, const at::Tensor& stats_teacher,
                                c10::string_view mode_name) {
-  check_inputs(student, teacher, inv_temperature, row_weight);
-  const Mode mode = parse_mode(std::string_view(mode_name.data(), mode_name.size()));
-  const auto type = compute_type(student);
-  const at::Tensor s = student.to(type).contiguous(), t = teacher.to(type).contiguous();
-  const at::Tensor inv_t = inv_temperature.to(type).contiguous(), w = row_weight.to(type).contiguous();
-  const at::Tensor ls = stats_student.to(type).contiguous(), lt = stats_teacher.to(type).contiguous();
+  const Inputs in = prepare(student, teacher, inv_temperature, row_weight, mode_name);
+  const Mode mode = in.mode;  // plain locals: lambdas may not capture structured bindings in C++17
+  const at::Tensor &s = in.s, &t = in.t, &inv_t = in.inv_t, &w = in.w;
+  const int64_t N = in.N, V = in.V;
+  const at::Tensor ls = stats_student.to(in.type).contiguous(), lt = stats_teacher.to(in.type).contiguous();
   const double g = grad_loss.item<double>();
-  const int64_t N = s.size(0), V = s.size(1);
   at::Tensor grad = at::empty_like(s);
-  AT_DISPATCH_FLOATING_TYPES(type, "kd::softmax_kl_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.type, "kd::softmax_kl_backward", [&] {
     const scalar_t *sp = s.const_data_ptr<scalar_t>(), *tp = t.const_data_ptr<scalar_t>();
     const scalar_t *ip = inv_t.const_data_ptr<scalar_t>(), *wp = w.const_data_ptr<scalar_t>();
     const scalar_t *lsp = ls.const_data_ptr<scalar_t>(), *ltp = lt.const_data_ptr<scalar_t>();
@@ -389,8 +407,7 @@ at::Tensor softmax_kl_backward(const at::Tensor& grad_loss, const at::Tensor& st
           std::fill(gp + r * V, gp + (r + 1) * V, scalar_t(0));
           continue;
         }
-        // d(T^2 KL)/dz_S = T (p_S - p_T); d(CE)/dz_S = (p_S - p_T) / T
-        const double coef = mode == Mode::kKL ? row_grad / ip[r] : row_grad * ip[r];
+        const double coef = gradient_coef(mode, row_grad, ip[r]);
         row_backward<scalar_t>(sp + r * V, tp + r * V, gp + r * V, V, ip[r], static_cast<scalar_t>(coef),
                                lsp + 2 * r, ltp + 2 * r);
       }
