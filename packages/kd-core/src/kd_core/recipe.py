@@ -165,7 +165,6 @@ class Recipe(ConfigModel):
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
     eval: EvalSpec = Field(default_factory=EvalSpec)
 
-
     @property
     def teachers(self) -> list[ModelSpec]:
         """The teacher specs as a list (each task's teacher in a multi-task recipe)."""
@@ -318,8 +317,9 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
                                                                                        data, recipe)
                                   for name, model in teachers.items()}
         if assistants:
-            report["assistants"] = [_measure_against(a, task, data, recipe, teacher_result) for a in assistants]
-        report["student"] = _measure_against(student, task, data, recipe, teacher_result)
+            report["assistants"] = [_measure_against(a, task.adaptor(a), data, recipe, teacher_result)
+                                    for a in assistants]
+        report["student"] = _measure_against(student, task.adaptor(student), data, recipe, teacher_result)
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
@@ -337,9 +337,7 @@ def run_multitask_distill(recipe: Recipe, output_dir: Path, base_dir: Path | Non
     heads = {name: task.head_adaptor(student, name) for name in recipe.tasks}
     distiller = MultiTaskDistiller(_training_config(recipe, output_dir), recipe.distillation, teachers, student,
                                    {name: task.adaptor(t) for name, t in teachers.items()}, heads)
-    t = recipe.training
-    loaders = {name: DataLoader(d.train, batch_size=t.batch_size, shuffle=True, collate_fn=d.collate,
-                                generator=torch.Generator().manual_seed(t.seed)) for name, d in data.items()}
+    loaders = {name: _train_loader(d, recipe.training) for name, d in data.items()}
     _optimize(distiller, student, recipe, loaders, sum(len(v) for v in loaders.values()), resume)
     if not is_main_process():
         return {}
@@ -351,9 +349,8 @@ def run_multitask_distill(recipe: Recipe, output_dir: Path, base_dir: Path | Non
             continue
         measured = recipe.model_copy(update={"eval": spec.eval})
         teacher_result = measure(teachers[name], task.adaptor(teachers[name]), data[name], measured)
-        student_result = measure(student, heads[name], data[name], measured)
-        student_result["retention"] = _retention(student_result["value"], teacher_result["value"])
-        report["tasks"][name] = {"metric": spec.eval.metric, "teacher": teacher_result, "student": student_result}
+        report["tasks"][name] = {"metric": spec.eval.metric, "teacher": teacher_result, "student":
+                                 _measure_against(student, heads[name], data[name], measured, teacher_result)}
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
@@ -392,9 +389,10 @@ def _assistant_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: di
     return assistant
 
 
-def _measure_against(model: nn.Module, task: Task, data: PreparedData, recipe: Recipe,
+def _measure_against(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Recipe,
                      teacher_result: dict[str, Any]) -> dict[str, Any]:
-    result = measure(model, task.adaptor(model), data, recipe)
+    """:func:`measure`, plus the retention against the teacher's result."""
+    result = measure(model, adaptor, data, recipe)
     result["retention"] = _retention(result["value"], teacher_result["value"])
     return result
 
@@ -411,10 +409,8 @@ def build_student(task: Task, spec: StudentSpec, teacher: nn.Module, data: Prepa
         initializer = lookup("initializers", init.name)
     except LookupError as exc:
         raise ConfigError(f"student.init: {exc}") from None
-    loader = DataLoader(data.train, batch_size=training.batch_size, shuffle=True, collate_fn=data.collate,
-                        generator=torch.Generator().manual_seed(training.seed))
     try:
-        return initializer(teacher, student, data=loader, **init.options)
+        return initializer(teacher, student, data=_train_loader(data, training), **init.options)
     except TypeError as exc:
         raise ConfigError(f"student.init {init.name!r}: {exc}") from None
 
@@ -431,10 +427,14 @@ def _training_config(recipe: Recipe, output_dir: Path) -> TrainingConfig:
 
 def _fit(engine: BasicTrainer | GeneralDistiller, model: nn.Module, recipe: Recipe,
          data: PreparedData, resume: bool) -> None:
-    t = recipe.training
-    loader = DataLoader(data.train, batch_size=t.batch_size, shuffle=True, collate_fn=data.collate,
-                        generator=torch.Generator().manual_seed(t.seed))
+    loader = _train_loader(data, recipe.training)
     _optimize(engine, model, recipe, loader, len(loader), resume)
+
+
+def _train_loader(data: PreparedData, training: TrainingSpec) -> DataLoader:
+    """The training data in seeded shuffled batches of the recipe's size."""
+    return DataLoader(data.train, batch_size=training.batch_size, shuffle=True, collate_fn=data.collate,
+                      generator=torch.Generator().manual_seed(training.seed))
 
 
 def _optimize(engine: BasicTrainer | GeneralDistiller | MultiTaskDistiller, model: nn.Module, recipe: Recipe,
