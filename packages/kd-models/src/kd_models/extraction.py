@@ -22,7 +22,6 @@ consistency off (the paper's ablation) gives each stream its own index set.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from kd_core.errors import ConfigError
 from kd_core.features import to_device
 from kd_models.layouts import Layout, encoder_blocks, layout_of, shape_of
+from kd_models.students import transformer_student
 
 Method = Literal["rand", "impt", "first"]
 LayerSelection = Literal["uniform", "top", "bottom"] | Sequence[int]
@@ -281,12 +281,9 @@ def _slice(tensor: torch.Tensor, out_index: torch.Tensor | None, in_index: torch
 def build_extracted(teacher: nn.Module, selection: Selection, hidden_size: int, intermediate_size: int) -> nn.Module:
     """A model of the teacher's class with the selected layers and dimensions of its weights."""
     layout = layout_of(teacher)
-    config = copy.deepcopy(teacher.config)
-    setattr(config, layout.layers_key, len(selection.layers))
-    for key in (layout.hidden_key, *layout.width_keys):
-        setattr(config, key, hidden_size)
-    setattr(config, layout.ffn_key, intermediate_size)
-    student = type(teacher)(config).to(next(teacher.parameters()).device)
+    student = transformer_student(teacher, **layout.settings(len(selection.layers), hidden_size, intermediate_size))
+    student.to(next(teacher.parameters()).device)
+    width = shape_of(teacher)[1]
     last_stream = 2 * selection.layers[-1] + 2
     roles = _roles(teacher, layout, selection.layers)
     renumber = {teacher_layer: i for i, teacher_layer in enumerate(selection.layers)}
@@ -309,7 +306,7 @@ def build_extracted(teacher: nn.Module, selection: Selection, hidden_size: int, 
             out_role, in_role = roles[local]
         elif isinstance(module, nn.Linear):  # the task head
             target = name
-            out_role, in_role = _linear_roles(module, shape_of(teacher)[1], last_stream)
+            out_role, in_role = _linear_roles(module, width, last_stream)
         else:
             raise ConfigError(f"cannot extract the task head of {type(teacher).__name__}: {name} is a "
                               f"{type(module).__name__}, not a Linear")

@@ -40,6 +40,15 @@ class Layout:
     heads_key: str = "num_attention_heads"
     width_keys: tuple[str, ...] = ()
 
+    def settings(self, layers: int, hidden: int, ffn: int, heads: int | None = None) -> dict[str, int]:
+        """Config fields that give a model of this family the shape depth x width (FFN ``ffn``,
+        ``heads`` attention heads when given)."""
+        fields = {self.layers_key: layers, self.hidden_key: hidden, self.ffn_key: ffn}
+        fields.update(dict.fromkeys(self.width_keys, hidden))
+        if heads is not None:
+            fields[self.heads_key] = heads
+        return fields
+
 
 BERT_LAYOUT = Layout(
     layers="encoder.layer", query="attention.self.query", key="attention.self.key", value="attention.self.value",

@@ -46,9 +46,7 @@ def _preset(name: str):
 
     def build(teacher: nn.Module, **overrides: Any) -> nn.Module:
         layout = LAYOUTS.get(teacher.config.model_type, BERT_LAYOUT)
-        settings = {layout.layers_key: shape["layers"], layout.hidden_key: shape["hidden"],
-                    layout.ffn_key: shape["ffn"], layout.heads_key: shape["heads"]}
-        settings.update({key: shape["hidden"] for key in layout.width_keys})
+        settings = layout.settings(shape["layers"], shape["hidden"], shape["ffn"], shape["heads"])
         return transformer_student(teacher, **{**settings, **overrides})
 
     build.__doc__ = f"TextBrewer's {name} student ({shape}) of the teacher's class."
