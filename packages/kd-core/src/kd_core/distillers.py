@@ -236,7 +236,6 @@ class MultiTaskLoader:
             if lengths[task] == 0:
                 raise ConfigError(f"the dataloader of task {task!r} is empty")
         self.dataloaders = dict(dataloaders)
-        self.tau = tau
         self.weights = torch.tensor([lengths[t] ** tau for t in self.dataloaders], dtype=torch.float64)
         self.total = sum(lengths.values())
 
@@ -250,17 +249,20 @@ class MultiTaskLoader:
         tasks = list(self.dataloaders)
         iterators: dict[str, Any] = {}
         restarts = dict.fromkeys(tasks, 0)
+        def stream(index: int, task: str) -> None:  # this task's RNG stream, for its current pass
+            torch.manual_seed((seed + 7919 * (index + 1) + 104729 * restarts[task]) % 2**63)
+
         for index in order:
             task = tasks[index]
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((seed + 7919 * (index + 1) + 104729 * restarts[task]) % 2**63)
+                stream(index, task)
                 if task not in iterators:
                     iterators[task] = iter(self.dataloaders[task])
                 try:
                     batch = next(iterators[task])
                 except StopIteration:
                     restarts[task] += 1
-                    torch.manual_seed((seed + 7919 * (index + 1) + 104729 * restarts[task]) % 2**63)
+                    stream(index, task)
                     iterators[task] = iter(self.dataloaders[task])
                     batch = next(iterators[task])
             yield task, batch
