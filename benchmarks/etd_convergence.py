@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
+from kd_core.paths import resolve_model_path
 from kd_core.recipe import Recipe, run_distill, run_train
-from kd_models.paths import resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT / "packages" / "kd-core" / "src" / "kd_core" / "demo_data" / "sst2"

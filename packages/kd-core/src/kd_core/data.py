@@ -24,9 +24,9 @@ def resolve_path(path: str | Path, base_dir: Path | None, where: str) -> Path:
     raise ConfigError(f"{where}: file {str(path)!r} not found (looked at {', '.join(map(str, tried))})")
 
 
-def read_examples(path: Path, columns: list[str], limit: int | None = None,
-                  format: str = "auto", where: str = "data") -> list[dict[str, Any]]:
-    """Rows of a TSV/CSV/JSONL file as dicts, keeping only ``columns`` (all must exist)."""
+def read_records(path: Path, limit: int | None = None, format: str = "auto",
+                 where: str = "data") -> list[dict[str, Any]]:
+    """Every row of a TSV/CSV/JSONL file as a dict of all its columns, in file order."""
     kind = FORMATS.get(path.suffix.lower()) if format == "auto" else format
     if kind is None:
         raise ConfigError(f"{where}: cannot tell the format of {path.name}; "
@@ -38,14 +38,22 @@ def read_examples(path: Path, columns: list[str], limit: int | None = None,
         else:
             records = csv.DictReader(handle, delimiter="\t" if kind == "tsv" else ",",
                                      quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL)
-        for number, record in enumerate(records, start=1):
-            missing = [c for c in columns if c not in record]
-            if missing:
-                raise ConfigError(f"{where}: {path.name} row {number} has no column(s) "
-                                  f"{', '.join(missing)}; its columns are {', '.join(record)}")
-            rows.append({c: record[c] for c in columns})
+        for record in records:
+            rows.append(dict(record))
             if limit is not None and len(rows) >= limit:
                 break
     if not rows:
         raise ConfigError(f"{where}: {path} holds no examples")
     return rows
+
+
+def read_examples(path: Path, columns: list[str], limit: int | None = None,
+                  format: str = "auto", where: str = "data") -> list[dict[str, Any]]:
+    """Rows of a TSV/CSV/JSONL file as dicts, keeping only ``columns`` (all must exist)."""
+    rows = read_records(path, limit, format, where)
+    for number, record in enumerate(rows, start=1):
+        missing = [c for c in columns if c not in record]
+        if missing:
+            raise ConfigError(f"{where}: {path.name} row {number} has no column(s) "
+                              f"{', '.join(missing)}; its columns are {', '.join(record)}")
+    return [{c: record[c] for c in columns} for record in rows]

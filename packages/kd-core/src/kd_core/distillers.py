@@ -23,7 +23,7 @@ from torch import nn
 from kd_core.config import DistillationConfig, IntermediateMatch, TrainingConfig
 from kd_core.engine import Engine
 from kd_core.errors import ConfigError
-from kd_core.features import Adaptor, FeatureNeeds, Features, as_adaptor
+from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, Features, as_adaptor
 from kd_core.loss_plan import LossPlan, hard_label_loss
 from kd_core.teacher_cache import TeacherCache
 
@@ -109,8 +109,18 @@ class BasicDistiller(Engine):
 
     def teacher_features(self, batch: Any) -> Features:
         """The teacher's features for a batch, without gradients, from the teacher cache when
-        one is configured (``teacher_forwards`` counts the forward passes actually run)."""
-        return self.run_teacher("teacher", self.model_T, self.adaptor_T, batch, self.loss_plan.needs_T)
+        one is configured (``teacher_forwards`` counts the forward passes actually run).
+
+        Logits stored with the data (the batch's ``teacher_logits``, from a labelled transfer
+        set) are used as the teacher's logits; the teacher then runs only if other features of it
+        are read."""
+        needs = self.loss_plan.needs_T
+        stored = batch.get(TEACHER_LOGITS) if isinstance(batch, Mapping) else None
+        if stored is None:
+            return self.run_teacher("teacher", self.model_T, self.adaptor_T, batch, needs)
+        others = FeatureNeeds({f: layers for f, layers in needs.layers.items() if f != "logits"})
+        features = self.run_teacher("teacher", self.model_T, self.adaptor_T, batch, others) if others.layers else {}
+        return {**features, "logits": stored}
 
     def compute_losses(self, batch: Any, progress: float) -> dict[str, torch.Tensor]:
         features_T = self.teacher_features(batch)
@@ -178,6 +188,10 @@ class MultiTeacherDistiller(GeneralDistiller):
 
     def teacher_features(self, batch: Any) -> Features:
         """Each teacher's features for what is read from it, and the ensemble's logits."""
+        if isinstance(batch, Mapping) and TEACHER_LOGITS in batch:
+            raise ConfigError("the batch carries stored teacher logits (a labelled transfer set), but a "
+                              "MultiTeacherDistiller ensembles its teachers' own logits; "
+                              "drop teacher_logits from the data")
         per_teacher = {name: self.run_teacher(name, self.models_T[name], self.adaptors_T[name], batch,
                                               self.needs_per_teacher[name])
                        for name in self.teacher_names if self.needs_per_teacher[name].layers}

@@ -25,6 +25,10 @@ Features = dict[str, Any]
 FEATURE_KEYS = ("logits", "logits_mask", "labels", "losses", "hidden", "attention",
                 "attention_scores", "q", "k", "v", "inputs_mask")
 
+TEACHER_LOGITS = "teacher_logits"
+"""The batch key of teacher logits stored with the data (a transfer set labelled by
+``kd augment label``): distillers use them instead of running the teacher for its logits."""
+
 
 @dataclass
 class FeatureNeeds:

@@ -20,26 +20,36 @@ from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from kd_core.augmentation import augment_rows
 from kd_core.checkpoint import write_text_atomic
 from kd_core.config import ConfigModel, DistillationConfig, TrainingConfig
+from kd_core.data import read_records, resolve_path
 from kd_core.distillers import BasicTrainer, GeneralDistiller, MultiTaskDistiller, MultiTeacherDistiller
-from kd_core.distributed import is_main_process
+from kd_core.distributed import is_main_process, launched_world_size
 from kd_core.engine import seed_everything
 from kd_core.errors import ConfigError
-from kd_core.features import Adaptor, FeatureNeeds, to_device
+from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, to_device
+from kd_core.labelling import label_file
 from kd_core.metrics import compute_metric
 from kd_core.plugins import lookup
+from kd_core.resumable import file_fingerprint
 from kd_core.tasks import PreparedData, Task
 
 REPORT_FILE = "report.json"
 
 
 class DataFile(ConfigModel):
-    """One labelled file: TSV, CSV or JSONL with a text column (or a pair) and a label column."""
+    """One file: TSV, CSV or JSONL with a text column (or a pair), a label column and, for a
+    transfer set labelled by ``kd augment label``, a column of stored teacher logits."""
 
     path: str
     text: str | list[str]
-    label: str
+    label: str | None = None
+    """The gold label column; without it the examples have no labels (a teacher-labelled transfer
+    set, distilled with ``hard_label_weight: 0``)."""
+    teacher_logits: str | None = None
+    """The column of stored teacher logits (``teacher_logits`` as ``kd augment label`` writes it);
+    distillers then use them instead of running the teacher for its logits."""
     limit: int | None = Field(None, ge=1)
     format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"
 
@@ -52,12 +62,65 @@ class DataFile(ConfigModel):
         return columns
 
 
+class NamedSpec(ConfigModel):
+    """A registered part by name with its options: ``{name: etd_impt, num_batches: 8}``."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Everything but the name, passed to the part as keyword arguments."""
+        return dict(self.model_extra or {})
+
+
+class InitSpec(NamedSpec):
+    """A registered initializer and its options, e.g. ``{name: etd_impt, num_batches: 8}``."""
+
+
+class AugmenterSpec(NamedSpec):
+    """A registered augmenter and its options, e.g. ``{name: tang, p_mask: 0.1}``."""
+
+
+class AugmentSpec(ConfigModel):
+    """Grow ``data.train`` into a teacher-labelled transfer set before distilling.
+
+    Either run a registered ``augmenter`` (a name or ``{name, options...}``; ``n`` new rows per
+    example, or in all for a generator) or read a prepared file (``path``, e.g. from
+    ``kd augment``). Every row is then labelled with the teacher's logits unless the file already
+    has them. The files go to ``<output_dir>/transfer/`` and a rerun reuses (or resumes) them.
+    """
+
+    augmenter: str | AugmenterSpec | None = None
+    path: str | None = None
+    n: int = Field(20, ge=1)
+    seed: int = 0
+    keep_original: bool = True
+    top_k: int | None = Field(None, ge=1)
+    """Store only each row's top k teacher logits (see the teacher cache)."""
+    batch_size: int = Field(64, ge=1)
+    """Rows per teacher batch when labelling, and texts per batch when generating."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AugmentSpec:
+        if (self.augmenter is None) == (self.path is None):
+            raise ValueError("give an augmenter to run, or the path of a prepared transfer set, not both")
+        return self
+
+    @property
+    def spec(self) -> AugmenterSpec:
+        """``augmenter`` as an AugmenterSpec (a bare name has no options)."""
+        return AugmenterSpec(name=self.augmenter) if isinstance(self.augmenter, str) else self.augmenter
+
+
 class DataSpec(ConfigModel):
-    """Training and evaluation data, and the tokenizer's maximum length."""
+    """Training and evaluation data, the tokenizer's maximum length, and optional augmentation."""
 
     train: DataFile
     eval: DataFile | None = None
     max_length: int = Field(128, ge=2)
+    augment: AugmentSpec | None = None
 
 
 class ModelSpec(ConfigModel):
@@ -67,19 +130,6 @@ class ModelSpec(ConfigModel):
     model: str
     num_labels: int | None = Field(None, ge=1)
     name: str | None = None
-
-
-class InitSpec(ConfigModel):
-    """A registered initializer and its options, e.g. ``{name: etd_impt, num_batches: 8}``."""
-
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-
-    name: str
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """Everything but the name, passed to the initializer as keyword arguments."""
-        return dict(self.model_extra or {})
 
 
 class StudentSpec(ConfigModel):
@@ -262,6 +312,8 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
     if len(recipe.teachers) > 1 or recipe.tasks is not None:
         raise ConfigError("kd train fine-tunes one teacher on one task; give teacher a single model and data "
                           "(write one recipe per teacher or task)")
+    if recipe.data.augment is not None:
+        raise ConfigError("data.augment: kd train fine-tunes on gold labels; augmented rows have none (remove augment)")
     model = task.load_teacher(recipe.primary_teacher)
     data = task.prepare_data(recipe.data, recipe.primary_teacher, base_dir)
     adaptor = task.adaptor(model)
@@ -296,7 +348,7 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
     task = task_for(recipe)
     seed_everything(recipe.training.seed)
     teachers = {_teacher_name(spec, i): task.load_teacher(spec) for i, spec in enumerate(recipe.teachers)}
-    data = task.prepare_data(recipe.data, recipe.primary_teacher, base_dir)
+    data = task.prepare_data(transfer_set(task, recipe, output_dir, base_dir), recipe.primary_teacher, base_dir)
     assistants = []
     current = teachers
     for index, spec in enumerate(recipe.assistants, start=1):
@@ -331,6 +383,11 @@ def run_multitask_distill(recipe: Recipe, output_dir: Path, base_dir: Path | Non
     teacher's and the student's metric and the retention."""
     task = task_for(recipe)
     seed_everything(recipe.training.seed)
+    augmented = [name for name, spec in recipe.tasks.items() if spec.data.augment is not None]
+    if augmented:
+        raise ConfigError(f"tasks.{augmented[0]}.data.augment: a multi-task recipe does not augment its tasks yet; "
+                          "prepare each task's transfer set with `kd augment` and `kd augment label`, and give it as "
+                          "that task's data.train with teacher_logits: teacher_logits")
     teachers = {name: task.load_teacher(spec.teacher) for name, spec in recipe.tasks.items()}
     data = {name: task.prepare_data(spec.data, spec.teacher, base_dir) for name, spec in recipe.tasks.items()}
     student = task.build_multitask_student(recipe.student, teachers)
@@ -353,6 +410,56 @@ def run_multitask_distill(recipe: Recipe, output_dir: Path, base_dir: Path | Non
                                  _measure_against(student, heads[name], data[name], measured, teacher_result)}
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
+
+
+TRANSFER_DIR = "transfer"
+
+
+def transfer_set(task: Task, recipe: Recipe, output_dir: Path, base_dir: Path | None) -> DataSpec:
+    """The recipe's data, with ``data.augment`` carried out: ``data.train`` grown by the augmenter
+    (or read from the prepared file) and labelled by the teacher, in ``output_dir/transfer/``.
+    Finished files are reused and interrupted ones resumed."""
+    spec = recipe.data
+    augment = spec.augment
+    if augment is None:
+        return spec
+    if len(recipe.teachers) > 1 or recipe.assistants:
+        raise ConfigError("data.augment: transfer sets are labelled by one teacher; a recipe with several teachers "
+                          "or with assistants cannot use it yet")
+    if recipe.distillation.hard_label_weight != 0:
+        raise ConfigError("data.augment: the new rows of a transfer set have no gold labels; "
+                          "set distillation.hard_label_weight: 0")
+    train = spec.train
+    directory = output_dir.resolve() / TRANSFER_DIR
+    if augment.path is not None:
+        source = train.model_copy(update={"path": str(resolve_path(augment.path, base_dir, "data.augment.path")),
+                                          "label": None, "limit": None, "format": "auto"})
+        first = read_records(Path(source.path), 1, where="data.augment.path")[0]
+        if TEACHER_LOGITS in first:
+            return spec.model_copy(update={"train": source.model_copy(update={"teacher_logits": TEACHER_LOGITS}),
+                                           "augment": None})
+    if launched_world_size() > 1:
+        raise ConfigError("data.augment: under torchrun every process would write the transfer set; prepare it "
+                          "first (kd augment ..., then kd augment label) and give it as data.augment.path")
+    if augment.path is None:
+        path = resolve_path(train.path, base_dir, "data.train.path")
+        augmenter = augment.spec
+        try:
+            factory = lookup("augmenters", augmenter.name)
+        except LookupError as exc:
+            raise ConfigError(f"data.augment.augmenter: {exc}") from None
+        augment_rows(read_records(path, train.limit, train.format, "data.train"), train.text_columns,
+                     factory(**augmenter.options), directory / "augmented.jsonl", n=augment.n, seed=augment.seed,
+                     keep_original=augment.keep_original, batch_size=augment.batch_size,
+                     settings={"input": file_fingerprint(path), "limit": train.limit, "augmenter": augmenter.name,
+                               "options": augmenter.options}, progress=recipe.training.progress)
+        source = DataFile(path=str(directory / "augmented.jsonl"), text=train.text)
+    labelled = directory / "labelled.jsonl"
+    label_file(task, recipe.primary_teacher, source, labelled, max_length=spec.max_length,
+               batch_size=augment.batch_size, top_k=augment.top_k, device=recipe.training.device,
+               progress=recipe.training.progress)
+    return spec.model_copy(update={"train": DataFile(path=str(labelled), text=train.text,
+                                                     teacher_logits=TEACHER_LOGITS), "augment": None})
 
 
 STAGE_DONE = "STAGE_COMPLETE"

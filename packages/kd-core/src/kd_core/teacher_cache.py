@@ -32,12 +32,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from kd_core.features import FeatureNeeds, Features
+from kd_core.features import TEACHER_LOGITS, FeatureNeeds, Features
 
 PER_LAYER = ("hidden", "attention", "attention_scores", "q", "k", "v")
 SEQUENCE_DIMS = {"hidden": (1,), "attention": (2, 3), "attention_scores": (2, 3), "q": (2,), "k": (2,), "v": (2,)}
 """Which dimensions of a [B, ...] per-layer feature run over tokens."""
-EXCLUDED_INPUTS = ("labels",)
+EXCLUDED_INPUTS = ("labels", TEACHER_LOGITS)
 
 
 class CacheWarning(UserWarning):
@@ -144,6 +144,22 @@ def expand_logits(parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return logits.scatter(-1, indices, values)
 
 
+def logits_from_parts(parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """One example's logits from what was stored: ``{"logits": tensor}`` as is, or the parts of
+    :func:`compress_logits` expanded."""
+    return parts["logits"] if "logits" in parts else expand_logits(parts)
+
+
+def stack_logits(rows: list[torch.Tensor], reals: list[torch.Tensor | None], length: int | None) -> torch.Tensor:
+    """A batch of per-example logits: [C] rows stacked; token-level [n_real, C] rows put back at
+    their real positions of ``length`` tokens (``reals``: each example's real-token mask), with
+    zeros at padding."""
+    if rows and rows[0].dim() == 2:
+        rows = [r if real is None else _put_real(r, (1,), real, length)
+                for r, real in zip(rows, reals, strict=True)]
+    return torch.stack(rows)
+
+
 class TeacherCache:
     """Per-example teacher features in memory (``directory=None``) or on disk.
 
@@ -208,6 +224,20 @@ class TeacherCache:
     def features(self, batch: Mapping[str, Any], needs: FeatureNeeds, compute: Callable[[], Features]) -> Features:
         """The teacher's features for ``batch``: from the cache where every example has every
         feature in ``needs``, else from ``compute()`` (stored for next time)."""
+        entries, reals = self._entries(batch, needs, compute)
+        length = reals[0].shape[0] if reals[0] is not None else None
+        return self._assemble(entries, needs, reals, length, _device(batch))
+
+    def stored_logits(self, batch: Mapping[str, Any], compute: Callable[[], Features]) -> list[dict[str, torch.Tensor]]:
+        """Each example's logits as the cache stores them, cut to its real tokens: ``{"logits": ...}``,
+        or with ``top_k`` the parts of :func:`compress_logits` (:func:`logits_from_parts` rebuilds
+        them). ``compute()`` must return at least the teacher's logits."""
+        entries, _ = self._entries(batch, FeatureNeeds({"logits": set()}), compute)
+        return [{k.split(".", 1)[-1]: v for k, v in e.tensors.items() if k.split(".")[0] == "logits"}
+                for e in entries]
+
+    def _entries(self, batch: Mapping[str, Any], needs: FeatureNeeds,
+                 compute: Callable[[], Features]) -> tuple[list[_Entry], list[torch.Tensor | None]]:
         size = _batch_size(batch)
         reals = _real_positions(batch, size)
         keys = [example_key(_example_inputs(batch, i, reals[i])) for i in range(size)]
@@ -221,9 +251,7 @@ class TeacherCache:
             entries = [self._entry(computed, needs, i, reals[i]) for i in range(size)]
             for key, entry in zip(keys, entries, strict=True):
                 self._store(key, entry)
-        device = _device(batch)
-        length = reals[0].shape[0] if reals[0] is not None else None
-        return self._assemble(entries, needs, reals, length, device)
+        return entries, reals
 
     def _entry(self, features: Features, needs: FeatureNeeds, index: int, real: torch.Tensor | None) -> _Entry:
         entry = _Entry()
@@ -251,15 +279,9 @@ class TeacherCache:
                   length: int | None, device: torch.device) -> Features:
         features: Features = {}
         if "logits" in needs:
-            rows = []
-            for entry, real in zip(entries, reals, strict=True):
-                logits = (entry.tensors["logits"] if "logits" in entry.tensors else
-                          expand_logits({k.split(".", 1)[1]: v for k, v in entry.tensors.items()
-                                         if k.startswith("logits.")}))
-                if logits.dim() == 2 and real is not None:
-                    logits = _put_real(logits, (1,), real, length)
-                rows.append(logits)
-            features["logits"] = torch.stack(rows).to(device)
+            rows = [logits_from_parts({k.split(".", 1)[-1]: v for k, v in e.tensors.items()
+                                       if k.split(".")[0] == "logits"}) for e in entries]
+            features["logits"] = stack_logits(rows, reals, length).to(device)
         for feature in PER_LAYER:
             if feature not in needs:
                 continue

@@ -5,9 +5,9 @@ Public names: :class:`HFAdaptor` and :class:`RNNAdaptor` (features from models),
 :func:`extract_student` and :func:`select_layers` (ETD and layer selection).
 """
 
+from kd_core.paths import resolve_model_path
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
 from kd_models.extraction import extract_student, select_layers
-from kd_models.paths import resolve_model_path
 from kd_models.rnn import BiRNNConfig, BiRNNForSequenceClassification, BiRNNForTokenClassification
 from kd_models.tasks import SequenceClassificationTask
 

@@ -12,12 +12,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from kd_core.data import read_examples, resolve_path
 from kd_core.errors import ConfigError
+from kd_core.features import TEACHER_LOGITS
+from kd_core.labelling import collate_teacher_logits
+from kd_core.paths import resolve_model_path
 from kd_core.plugins import lookup
 from kd_core.recipe import DataFile, DataSpec, ModelSpec, StudentSpec
 from kd_core.tasks import PreparedData
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
 from kd_models.multihead import MultiHeadConfig, MultiHeadForSequenceClassification
-from kd_models.paths import resolve_model_path
 from kd_models.rnn import BiRNNPreTrainedModel
 from kd_models.students import transformer_student
 
@@ -42,16 +44,22 @@ class TokenizedDataset(torch.utils.data.Dataset):
 
 
 class PadCollator:
-    """Pads a list of tokenized examples to the longest one and stacks the labels."""
+    """Pads a list of tokenized examples to the longest one and stacks their labels and stored
+    teacher logits (when the examples have them)."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
-        batch = self.tokenizer.pad([{k: v for k, v in e.items() if k != "labels"} for e in examples],
-                                   return_tensors="pt")
-        return {**batch, "labels": labels}
+        extra = ("labels", TEACHER_LOGITS)
+        batch = dict(self.tokenizer.pad([{k: v for k, v in e.items() if k not in extra} for e in examples],
+                                        return_tensors="pt"))
+        if "labels" in examples[0]:
+            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        if TEACHER_LOGITS in examples[0]:
+            batch[TEACHER_LOGITS] = collate_teacher_logits([e[TEACHER_LOGITS] for e in examples],
+                                                           batch.get("attention_mask"))
+        return batch
 
 
 class SequenceClassificationTask:
@@ -86,17 +94,22 @@ class SequenceClassificationTask:
                  where: str) -> TokenizedDataset:
         path = resolve_path(spec.path, base_dir, f"{where}.path")
         columns = spec.text_columns
-        rows = read_examples(path, [*columns, spec.label], spec.limit, spec.format, where)
+        carried = [c for c in (spec.label, spec.teacher_logits) if c is not None]
+        rows = read_examples(path, [*columns, *carried], spec.limit, spec.format, where)
         texts = [[str(row[c]) for row in rows] for c in columns]
         encoded = tokenizer(*texts, truncation=True, max_length=max_length)
         examples = []
         for i, row in enumerate(rows):
-            try:
-                label = int(row[spec.label])
-            except (TypeError, ValueError):
-                raise ConfigError(f"{where}: {path.name} row {i + 1} has label {row[spec.label]!r}; "
-                                  "labels must be integer class ids") from None
-            examples.append({**{k: v[i] for k, v in encoded.items()}, "labels": label})
+            example = {k: v[i] for k, v in encoded.items()}
+            if spec.label is not None:
+                try:
+                    example["labels"] = int(row[spec.label])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{where}: {path.name} row {i + 1} has label {row[spec.label]!r}; "
+                                      "labels must be integer class ids") from None
+            if spec.teacher_logits is not None:
+                example[TEACHER_LOGITS] = row[spec.teacher_logits]
+            examples.append(example)
         return TokenizedDataset(examples)
 
     def adaptor(self, model: nn.Module) -> HFAdaptor:

@@ -1,0 +1,93 @@
+"""Labelling a transfer set with a teacher: every row written back with the teacher's logits.
+
+:func:`label_file` runs the teacher over a file in order, through a
+:class:`~kd_core.teacher_cache.TeacherCache` (in memory, or in ``cache_dir`` so that a later
+labelling, or ``kd distill`` with the same ``teacher_cache_dir``, reuses what was computed), and
+writes each input row with a ``teacher_logits`` field: the logits as a list (a list per real
+token for token-level tasks), or with ``top_k`` the parts of
+:func:`~kd_core.teacher_cache.compress_logits` as lists. The output resumes like augmentation
+does (:class:`~kd_core.resumable.ResumableJsonl`).
+
+A recipe reads such a file with ``teacher_logits: teacher_logits`` in its data file; batches then
+carry the logits under :data:`~kd_core.features.TEACHER_LOGITS` (:func:`collate_teacher_logits`)
+and distillers use them instead of running the teacher for its logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from kd_core.data import read_records, resolve_path
+from kd_core.features import TEACHER_LOGITS, FeatureNeeds, to_device
+from kd_core.resumable import ResumableJsonl, file_fingerprint
+from kd_core.teacher_cache import TeacherCache, logits_from_parts, stack_logits
+
+if TYPE_CHECKING:
+    from kd_core.recipe import DataFile, ModelSpec
+    from kd_core.tasks import Task
+
+
+def label_file(task: Task, teacher: ModelSpec, data: DataFile, output: str | Path, *, max_length: int = 128,
+               batch_size: int = 64, top_k: int | None = None, cache_dir: str | Path | None = None,
+               device: str = "cpu", overwrite: bool = False, progress: bool = True,
+               base_dir: Path | None = None) -> int:
+    """Write every row of ``data`` (its ``path``, ``text`` column(s), ``limit``, ``format``; its
+    label is kept but not needed) to ``output`` with the ``teacher``'s logits; returns the number
+    of rows written."""
+    from kd_core.recipe import DataSpec
+
+    path = resolve_path(data.path, base_dir, "label input")
+    rows = read_records(path, data.limit, data.format, "label input")
+    model = task.load_teacher(teacher).to(device).eval()
+    cache = TeacherCache(model, cache_dir, top_k)
+    settings = {"input": file_fingerprint(path), "limit": data.limit, "columns": data.text_columns,
+                "teacher": cache.identity, "max_length": max_length, "top_k": top_k}
+    unlabelled = data.model_copy(update={"path": str(path), "label": None, "teacher_logits": None})
+    prepared = task.prepare_data(DataSpec(train=unlabelled, max_length=max_length), teacher, None)
+    adaptor = task.adaptor(model)
+    needs = FeatureNeeds({"logits": set()})
+    with ResumableJsonl(output, settings, overwrite) as stream:
+        if stream.complete:
+            return stream.written
+        start = stream.written  # every unit writes exactly the rows of its batch
+        loader = DataLoader(Subset(prepared.train, range(start, len(rows))), batch_size=batch_size,
+                            collate_fn=prepared.collate)
+        bar = tqdm(total=len(rows), initial=start, desc="label", unit="row", disable=not progress)
+        for batch in loader:
+            batch = to_device(batch, device)
+            with torch.no_grad():
+                stored = cache.stored_logits(batch, lambda batch=batch: adaptor.run(model, batch, needs))
+            first = stream.written
+            stream.write_unit([{**rows[first + i], TEACHER_LOGITS: logits_to_json(parts)}
+                               for i, parts in enumerate(stored)])
+            bar.update(len(stored))
+        bar.close()
+        stream.finish()
+        return stream.written
+
+
+def logits_to_json(parts: dict[str, torch.Tensor]) -> Any:
+    """Stored logits as JSON values: a (nested) list, or a dict of the top-k parts."""
+    if "logits" in parts:
+        return parts["logits"].tolist()
+    return {name: value.tolist() for name, value in parts.items()}
+
+
+def logits_from_json(value: Any) -> torch.Tensor:
+    """The logits of one row from what :func:`logits_to_json` wrote (top-k parts expanded)."""
+    if isinstance(value, dict):
+        return logits_from_parts({name: torch.tensor(part, dtype=torch.long if name in ("topk_indices", "vocab")
+                                                     else torch.float32) for name, part in value.items()})
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def collate_teacher_logits(values: list[Any], attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """A batch of stored teacher logits: [B, C], or [B, L, C] with zeros at padded tokens."""
+    reals = [row.bool() for row in attention_mask] if attention_mask is not None else [None] * len(values)
+    length = attention_mask.shape[1] if attention_mask is not None else None
+    return stack_logits([logits_from_json(v) for v in values], reals, length)
