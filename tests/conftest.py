@@ -95,6 +95,12 @@ def textbrewer_schedulers() -> types.ModuleType:
 
 
 @pytest.fixture(scope="session")
+def textbrewer_data_utils() -> types.ModuleType:
+    """textbrewer.data_utils: the oracle for TextBrewer's token edits."""
+    return _textbrewer_module("data_utils")
+
+
+@pytest.fixture(scope="session")
 def textbrewer_probability_shift():
     """TextBrewer's ``probability_shift_``, compiled from its source: its module,
     textbrewer.distiller_utils, imports tensorboard at import time."""

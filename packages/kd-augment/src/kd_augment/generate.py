@@ -68,6 +68,12 @@ def load_causal_lm(model: str | None = None, gguf_file: str | None = None) -> tu
     except ImportError as exc:
         raise ConfigError(f"loading {gguf_file or directory} needs a package that is missing ({exc}); "
                           "for GGUF files: pip install 'kd-augment[gguf]'") from None
+    if gguf_file:
+        # transformers dequantizes GGUF weights to floats on load but keeps a record of the GGUF
+        # quantizer, which refuses save_pretrained; the model is a plain float model, so drop it
+        lm.hf_quantizer = None
+        if hasattr(lm.config, "quantization_config"):
+            del lm.config.quantization_config
     return lm, tokenizer
 
 
