@@ -14,23 +14,30 @@ from kd_augment.mlm import MaskedLMReplace
 from kd_core import ConfigError
 
 TEXT = "the movie , sadly , is a wonderfully unpredictable mess"
+MASKED_TEXT = "the [MASK] , sadly , is a wonderfully unpredictable mess"  # e.g. from another augmenter
 
 
 def test_candidates_are_the_best_whole_words_at_the_mask(mlm_dir: Path) -> None:
     from transformers import AutoTokenizer, BertForMaskedLM
 
     augmenter = MaskedLMReplace(str(mlm_dir), candidates=5)
-    words = TEXT.split()
-    found = augmenter.candidates(words)
     tokenizer, model = AutoTokenizer.from_pretrained(mlm_dir), BertForMaskedLM.from_pretrained(mlm_dir).eval()
+    for text in (TEXT, MASKED_TEXT):
+        _check_candidates(text.split(), augmenter, tokenizer, model)
+
+
+def _check_candidates(words, augmenter, tokenizer, model) -> None:
+    found = augmenter.candidates(words)
     for i, word in enumerate(words):
-        if word == ",":
-            assert found[i] == [], "punctuation has no candidates and is kept"
+        if word in (",", "[MASK]"):
+            assert found[i] == [], "punctuation and masks have no candidates and are kept"
             continue
         assert len(found[i]) == 5
         masked = tokenizer(" ".join([*words[:i], "[MASK]", *words[i + 1:]]), return_tensors="pt")
+        ids = masked["input_ids"][0].tolist()
+        position = [j for j, t in enumerate(ids) if t == tokenizer.mask_token_id][int(i > 1 and "[MASK]" in words)]
         with torch.no_grad():
-            logits = model(**masked).logits[0, masked["input_ids"][0].tolist().index(tokenizer.mask_token_id)]
+            logits = model(**masked).logits[0, position]
         chosen = tokenizer.convert_tokens_to_ids(found[i])
         assert all(not tokenizer.convert_ids_to_tokens(c).startswith("##") for c in chosen)
         assert word not in found[i]
@@ -57,8 +64,8 @@ def test_variants_replace_words_into_their_candidates_at_rate_p(mlm_dir: Path) -
 
 
 def test_one_seed_one_stream(mlm_dir: Path) -> None:
-    augmenter = MaskedLMReplace(str(mlm_dir))
-    first, second = augmenter.variants(TEXT, random.Random(3)), augmenter.variants(TEXT, random.Random(3))
+    first = MaskedLMReplace(str(mlm_dir)).variants(TEXT, random.Random(3))
+    second = MaskedLMReplace(str(mlm_dir)).variants(TEXT, random.Random(3))
     assert [next(first) for _ in range(10)] == [next(second) for _ in range(10)]
 
 

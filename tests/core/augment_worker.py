@@ -31,7 +31,7 @@ class ShuffleWords:
 
 
 def run(output: str, delay: float) -> None:
-    augment_rows(ROWS, ["text"], ShuffleWords(delay), output, n=3, seed=7, settings={"worker": "shuffle"},
+    augment_rows(ROWS, ["text"], lambda: ShuffleWords(delay), output, n=3, seed=7, settings={"worker": "shuffle"},
                  progress=False)
 
 

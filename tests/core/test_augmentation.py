@@ -27,18 +27,20 @@ def _lines(path: Path) -> list[dict]:
 
 
 def test_writes_originals_and_up_to_n_new_distinct_rows_each(tmp_path: Path) -> None:
-    rows = [{"text": "b a", "label": 1}, {"text": "a b", "label": 0}, {"text": "one two three four", "label": 1}]
-    result = augment_rows(rows, ["text"], ShuffleWords(), tmp_path / "out.jsonl", n=5, seed=0, progress=False)
+    rows = [{"text": "b a", "label": 1}, {"text": "a b", "label": 0}, {"text": "one two three four", "label": 1},
+            {"text": "a b", "label": 1}]  # a repeated text is still an input row: it is copied too
+    result = augment_rows(rows, ["text"], ShuffleWords, tmp_path / "out.jsonl", n=5, seed=0, progress=False)
     records = _lines(tmp_path / "out.jsonl")
     assert [r for r in records if not r[AUGMENTED]] == [{**row, AUGMENTED: False} for row in rows]
     new = [r for r in records if r[AUGMENTED]]
-    texts = [r["text"] for r in records]
-    assert len(texts) == len(set(texts)), "no row is written twice"
+    texts = [r["text"] for r in new]
+    assert len(texts) == len(set(texts)), "no new row is written twice"
+    assert not set(texts) & {row["text"] for row in rows}, "nor repeats an input row"
     assert all(set(r) == {"text", AUGMENTED, SOURCE_ROW} for r in new), "new rows carry no label"
     for r in new:
         source = rows[r[SOURCE_ROW]]["text"].split()
         assert sorted(r["text"].split()[:-1]) == sorted(source)
-    per_row = [sum(r[SOURCE_ROW] == i for r in new) for i in range(3)]
+    per_row = [sum(r[SOURCE_ROW] == i for r in new) for i in range(4)]
     assert per_row[2] == 5 and all(count <= 5 for count in per_row)
     assert (result.rows, result.new) == (len(records), len(new))
 
@@ -46,14 +48,14 @@ def test_writes_originals_and_up_to_n_new_distinct_rows_each(tmp_path: Path) -> 
 def test_pairs_are_edited_pairwise_and_a_seed_fixes_the_file(tmp_path: Path) -> None:
     rows = [{"premise": f"p{i} x y", "hypothesis": f"h{i} u v w", "label": 0} for i in range(6)]
     for name in ("a", "b"):
-        augment_rows(rows, ["premise", "hypothesis"], ShuffleWords(), tmp_path / f"{name}.jsonl", n=4, seed=3,
+        augment_rows(rows, ["premise", "hypothesis"], ShuffleWords, tmp_path / f"{name}.jsonl", n=4, seed=3,
                      keep_original=False, progress=False)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     for record in _lines(tmp_path / "a.jsonl"):
         source = rows[record[SOURCE_ROW]]
         assert sorted(record["premise"].split()[:-1]) == sorted(source["premise"].split())
         assert sorted(record["hypothesis"].split()[:-1]) == sorted(source["hypothesis"].split())
-    augment_rows(rows, ["premise", "hypothesis"], ShuffleWords(), tmp_path / "c.jsonl", n=4, seed=4,
+    augment_rows(rows, ["premise", "hypothesis"], ShuffleWords, tmp_path / "c.jsonl", n=4, seed=4,
                  keep_original=False, progress=False)
     assert (tmp_path / "c.jsonl").read_bytes() != (tmp_path / "a.jsonl").read_bytes()
 
@@ -94,7 +96,7 @@ def test_a_half_written_unit_is_cut_off_on_resume(tmp_path: Path) -> None:
                 yield variant
 
     with pytest.raises(KeyboardInterrupt):
-        augment_rows(ROWS, ["text"], Interrupted(), broken, n=3, seed=7, settings={"worker": "shuffle"},
+        augment_rows(ROWS, ["text"], Interrupted, broken, n=3, seed=7, settings={"worker": "shuffle"},
                      progress=False)
     with open(broken, "a") as handle:
         handle.write('{"text": "half a line')  # what a kill during a write leaves
@@ -107,16 +109,16 @@ def test_other_settings_or_foreign_files_are_refused_not_overwritten(tmp_path: P
     run_worker(str(output), 0.0)
     before = output.read_bytes()
     with pytest.raises(KDError, match="written with other settings"):
-        augment_rows(ROWS, ["text"], ShuffleWords(), output, n=2, seed=7, settings={"worker": "shuffle"},
+        augment_rows(ROWS, ["text"], ShuffleWords, output, n=2, seed=7, settings={"worker": "shuffle"},
                      progress=False)
     assert output.read_bytes() == before
-    augment_rows(ROWS, ["text"], ShuffleWords(), output, n=2, seed=7, settings={"worker": "shuffle"},
+    augment_rows(ROWS, ["text"], ShuffleWords, output, n=2, seed=7, settings={"worker": "shuffle"},
                  progress=False, overwrite=True)
     assert output.read_bytes() != before
     foreign = tmp_path / "mine.jsonl"
     foreign.write_text("precious\n")
     with pytest.raises(KDError, match="not written by kd"):
-        augment_rows(ROWS, ["text"], ShuffleWords(), foreign, n=2, progress=False)
+        augment_rows(ROWS, ["text"], ShuffleWords, foreign, n=2, progress=False)
     assert foreign.read_text() == "precious\n"
     with pytest.raises(ConfigError, match="row 1 has no column"):
-        augment_rows(ROWS, ["sentence"], ShuffleWords(), tmp_path / "x.jsonl", n=2, progress=False)
+        augment_rows(ROWS, ["sentence"], ShuffleWords, tmp_path / "x.jsonl", n=2, progress=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -74,3 +75,17 @@ def test_what_a_transfer_set_cannot_do_is_refused(tmp_path: Path, tiny_teacher_d
     both = _recipe(tmp_path, tiny_teacher_dir, sst2_dir, {"augmenter": "deleting", "path": "x.jsonl"})
     result = _run(both, "-o", tmp_path / "c")
     assert result.exit_code != 0 and "not both" in result.output
+
+
+def test_the_example_recipe_runs_at_small_scale(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    pytest.importorskip("spacy", reason="the example's tang rules tag words with spaCy (kd-augment[pos])")
+    recipe = Path(__file__).resolve().parents[2] / "examples" / "recipes" / "sst2_augmented.yaml"
+    out = tmp_path / "example"
+    result = _run(recipe, "-o", out, "--set", f"teacher.model={tiny_teacher_dir}", "--set", "data.train.limit=12",
+                  "--set", "data.eval.limit=16", "--set", "data.augment.n=2", "--set", "training.num_epochs=1",
+                  "--set", "student.config.hidden_size=16")
+    assert result.exit_code == 0, result.output
+    labelled = _rows(out / "transfer" / "labelled.jsonl")
+    assert sum(not r["augmented"] for r in labelled) == 12, "every original row is kept"
+    assert 12 < len(labelled) <= 36
+    assert json.loads((out / "report.json").read_text())["student"]["retention"] is not None

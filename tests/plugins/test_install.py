@@ -108,8 +108,9 @@ def test_install_packages_one_by_one_into_a_fresh_venv(tmp_path: Path) -> None:
 
 
 def test_kd_core_source_imports_no_plugin_and_nothing_heavier_than_torch() -> None:
-    code = ("import sys, kd_core, kd_core.recipe, kd_core.cli, kd_core.demo;"
-            "heavy = [m for m in ('transformers', 'kd_losses', 'kd_models', 'kd_kernels') if m in sys.modules];"
+    code = ("import sys, kd_core, kd_core.recipe, kd_core.cli, kd_core.demo, kd_core.augmentation, kd_core.labelling;"
+            "heavy = [m for m in ('transformers', 'kd_losses', 'kd_models', 'kd_kernels', 'kd_augment')"
+            " if m in sys.modules];"
             "print(','.join(heavy))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""

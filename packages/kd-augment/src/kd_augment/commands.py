@@ -10,13 +10,15 @@ from typing import Any
 import click
 import yaml
 
-from kd_core.augmentation import augment_rows
+from kd_core.augmentation import augment_rows, build_augmenter
 from kd_core.data import read_records, resolve_path
-from kd_core.errors import ConfigError
 from kd_core.labelling import label_file
-from kd_core.plugins import lookup
 from kd_core.recipe import DataFile, ModelSpec, task_for_name
 from kd_core.resumable import file_fingerprint
+
+RUN_ONLY_OPTIONS = ("device", "progress")
+"""Augmenter options that do not change what is written, left out of the resume check (a run
+started on a CPU may be finished on a GPU)."""
 
 
 def _input_options(function: Any) -> Any:
@@ -30,6 +32,8 @@ def _input_options(function: Any) -> Any:
         click.option("--limit", type=click.IntRange(min=1), default=None, help="Read only the first N rows."),
         click.option("--format", "file_format", type=click.Choice(["auto", "tsv", "csv", "jsonl"]), default="auto",
                      show_default=True, help="INPUT's format (auto: from its suffix)."),
+        click.option("--columns", "header", default=None, callback=lambda _c, _p, v: v.split(",") if v else None,
+                     help="Comma-separated column names of a TSV/CSV without a header row (CoLA's)."),
         click.option("--overwrite", is_flag=True, help="Start OUTPUT afresh instead of resuming it."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
@@ -100,34 +104,27 @@ def mlm_command(model: str, p: float, candidates: int, n: int, device: str, raw_
 @click.option("--gguf-file", default=None, help="The GGUF file inside --model's directory.")
 @click.option("--n", "n", type=click.IntRange(min=1), required=True, help="New sentences in all.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Sentences generated at once.")
+              help="Sentences generated at once (-O train_batch_size=N sets the fine-tuning batch).")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
               help="Nucleus sampling's probability mass.")
 @click.option("--device", default="cpu", show_default=True)
 def generate_command(model: str | None, gguf_file: str | None, n: int, batch_size: int, top_p: float, device: str,
                      raw_options: tuple[str, ...], **common: Any) -> None:
     """Fine-tune a causal LM on INPUT's sentences for one epoch, then sample new ones."""
-    options = {"model": model, "gguf_file": gguf_file, "top_p": top_p, "device": device, "seed": common["seed"],
+    options = {"model": model, "gguf_file": gguf_file, "top_p": top_p, "device": device,
                "progress": not common["quiet"], **_parse_options(raw_options)}
     _run("generate", options, n, batch_size=batch_size, **common)
 
 
 def _run(name: str, options: dict[str, Any], n: int, input_path: Path, text_columns: tuple[str, ...], output: Path,
-         limit: int | None, file_format: str, overwrite: bool, quiet: bool, seed: int, keep_original: bool,
-         batch_size: int = 32) -> None:
-    rows = read_records(input_path, limit, file_format, "INPUT")
-    try:
-        factory = lookup("augmenters", name)
-    except LookupError as exc:
-        raise ConfigError(str(exc)) from None
-    try:
-        augmenter = factory(**options)
-    except TypeError as exc:
-        raise ConfigError(f"augmenter {name!r}: {exc}") from None
+         limit: int | None, file_format: str, header: list[str] | None, overwrite: bool, quiet: bool, seed: int,
+         keep_original: bool, batch_size: int = 32) -> None:
+    rows = read_records(input_path, limit, file_format, "INPUT", header)
     settings = {"input": file_fingerprint(input_path), "limit": limit, "augmenter": name,
-                "options": {k: v for k, v in options.items() if k != "progress"}}
-    result = augment_rows(rows, text_columns, augmenter, output, n=n, seed=seed, keep_original=keep_original,
-                          settings=settings, overwrite=overwrite, progress=not quiet, batch_size=batch_size)
+                "options": {k: v for k, v in options.items() if k not in RUN_ONLY_OPTIONS}}
+    result = augment_rows(rows, text_columns, lambda: build_augmenter(name, options), output, n=n, seed=seed,
+                          keep_original=keep_original, settings=settings, overwrite=overwrite, progress=not quiet,
+                          batch_size=batch_size)
     click.echo(f"{output}: {result.rows} rows, {result.new} of them new, from {len(rows)} input rows")
 
 
@@ -145,12 +142,13 @@ def _run(name: str, options: dict[str, Any], n: int, input_path: Path, text_colu
               help="Also keep the logits in this teacher cache (a recipe's distillation.teacher_cache_dir).")
 @click.option("--device", default="cpu", show_default=True)
 def label_command(input_path: Path, text_columns: tuple[str, ...], output: Path, limit: int | None, file_format: str,
-                  overwrite: bool, quiet: bool, teacher: str, task: str, top_k: int | None, batch_size: int,
-                  max_length: int, cache_dir: Path | None, device: str) -> None:
+                  header: list[str] | None, overwrite: bool, quiet: bool, teacher: str, task: str,
+                  top_k: int | None, batch_size: int, max_length: int, cache_dir: Path | None, device: str) -> None:
     """Write every row of INPUT with the teacher's logits (``teacher_logits``)."""
     columns = list(text_columns)
     data = DataFile(path=str(resolve_path(input_path, None, "INPUT")),
-                    text=columns[0] if len(columns) == 1 else columns, limit=limit, format=file_format)
+                    text=columns[0] if len(columns) == 1 else columns, limit=limit, format=file_format,
+                    columns=header)
     written = label_file(task_for_name(task), ModelSpec(model=teacher), data, output, max_length=max_length,
                          batch_size=batch_size, top_k=top_k, cache_dir=cache_dir, device=device,
                          overwrite=overwrite, progress=not quiet)

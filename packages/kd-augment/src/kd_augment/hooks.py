@@ -14,6 +14,7 @@ from kd_core.hookspecs import Register
 
 @hookimpl
 def kd_register_augmenters(register: Register) -> None:
+    """TextBrewer's five token edits, ``tang``, ``mlm_replace`` and ``generate``."""
     for edit in EDITS:
         register(edit, token_edit_factory(edit))
     register("tang", TangRules)
@@ -23,6 +24,7 @@ def kd_register_augmenters(register: Register) -> None:
 
 @hookimpl
 def kd_register_commands(cli: click.Group) -> None:
+    """``kd augment`` (rules, mlm, generate, label)."""
     from kd_augment.commands import augment_group
 
     cli.add_command(augment_group)

@@ -3,7 +3,9 @@ Jiao et al. 2020, section 3.1, without its GloVe fallback).
 
 For each word of a text, the word (all its sub-word pieces) is replaced by one mask token and the
 masked LM's ``candidates`` most likely whole words at that position become its candidates (words
-equal to the original are left out). Each variant then replaces every word, with probability
+equal to the original are left out). Words without a letter or digit, and mask tokens already in
+the text, are kept. Unlike TinyBERT, stopwords are candidates too, and words of several pieces
+get masked-LM candidates rather than GloVe neighbours. Each variant then replaces every word, with probability
 ``p``, by one of its candidates drawn uniformly. TinyBERT's settings are p = 0.4, 15 candidates
 and 20 variants per example. Any Hugging Face masked LM works (BERT's WordPiece, RoBERTa's
 byte-level BPE and SentencePiece vocabularies); a whole word is a vocabulary entry that starts a
@@ -59,18 +61,28 @@ class MaskedLMReplace:
         """Each word's replacement candidates, best first (empty for words without letters or
         digits, which are kept)."""
         mask = self.tokenizer.mask_token
-        positions = [i for i, word in enumerate(words) if any(ch.isalnum() for ch in word)]
+        positions = [i for i, word in enumerate(words) if word != mask and any(ch.isalnum() for ch in word)]
         found: list[list[str]] = [[] for _ in words]
         for first in range(0, len(positions), self.batch_size):
             chunk = positions[first:first + self.batch_size]
             masked = [" ".join([*words[:i], mask, *words[i + 1:]]) for i in chunk]
             batch = self.tokenizer(masked, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt").to(self.device)
+            is_mask = batch["input_ids"] == self.tokenizer.mask_token_id
+            rows, columns = [], []
+            for row, i in enumerate(chunk):
+                # the text may hold masks already (e.g. from another augmenter): take the one at word i
+                occurrence = words[:i].count(mask)
+                found_at = is_mask[row].nonzero().squeeze(-1).tolist()
+                if occurrence < len(found_at):  # else truncation cut word i off
+                    rows.append(row)
+                    columns.append(found_at[occurrence])
+            if not rows:
+                continue
             logits = self.model(**batch).logits
-            rows, columns = (batch["input_ids"] == self.tokenizer.mask_token_id).nonzero(as_tuple=True)
             scores = logits[rows, columns].float().masked_fill(~self.words.to(logits.device), -torch.inf)
             best = scores.topk(min(self.k + 1, int(self.words.sum())), dim=-1).indices.tolist()
-            for row, ids in zip(rows.tolist(), best, strict=True):
+            for row, ids in zip(rows, best, strict=True):
                 word = words[chunk[row]]
                 options = [self.tokenizer.convert_tokens_to_string([t]).strip()
                            for t in self.tokenizer.convert_ids_to_tokens(ids)]

@@ -112,10 +112,11 @@ class TokenEditAugmenter:
 
 
 def _check_probabilities(edit: str, options: dict[str, Any]) -> None:
-    for name in ("p",):
-        value = options.get(name)
-        if isinstance(value, (int, float)) and not 0 <= value <= 1:
-            raise ConfigError(f"augmenter {edit!r}: {name} must lie in [0, 1], got {value}")
+    value = options.get("p")
+    if edit == "short_disorder" and value is not None and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"augmenter {edit!r}: p gives the probabilities of 5 reorderings, got {value!r}")
+    if isinstance(value, (int, float)) and not 0 <= value <= 1:
+        raise ConfigError(f"augmenter {edit!r}: p must lie in [0, 1], got {value}")
     for name in ("p", "p_ng"):
         value = options.get(name)
         if isinstance(value, (list, tuple)) and (any(v < 0 for v in value) or abs(sum(value) - 1) > 1e-6):

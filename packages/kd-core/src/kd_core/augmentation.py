@@ -9,16 +9,20 @@ returning one of two kinds:
   ``n`` new rows in all.
 
 Output rows hold the text column(s) plus ``augmented`` (false for the copied originals) and, for
-an edited row, ``source_row`` (the input row it came from). Originals keep every column; new rows
-have no label, since an edit may change it: the teacher labels them (:mod:`kd_core.labelling`).
-A new row equal to an input row or to a row already written is dropped. Sentence pairs are
-augmented pairwise: each new pair edits both sides of one input pair.
+an edited row, ``source_row`` (the input row it came from). Originals are all copied, with every
+column; new rows have no label, since an edit may change it: the teacher labels them
+(:mod:`kd_core.labelling`). A new row equal to an input row or to a row already written is
+dropped. Sentence pairs are augmented pairwise: each new pair edits both sides of one input pair.
+
+Row ``i``'s edits are drawn from a generator seeded with ``(seed, i)`` and generation batch
+``b`` from one seeded with ``(seed, b)``, so an interrupted run resumes to the same file.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -26,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 from tqdm.auto import tqdm
 
 from kd_core.errors import ConfigError
+from kd_core.plugins import lookup
 from kd_core.resumable import ResumableJsonl
 
 AUGMENTED = "augmented"
@@ -37,6 +42,9 @@ ROWS_PER_UNIT = 16
 """Input rows written per resumable unit (each unit saves progress once)."""
 BATCHES_WITHOUT_NEW_ROWS = 20
 """A corpus augmenter stops after this many batches in a row that give no new row."""
+WORK_SUFFIX = ".work"
+"""A corpus augmenter keeps what a resumed run reuses (a fine-tuned model) in ``OUT.work/``,
+which is removed when the file is complete."""
 
 
 @runtime_checkable
@@ -54,9 +62,10 @@ class ExampleAugmenter(Protocol):
 class CorpusAugmenter(Protocol):
     """Writes new texts from a corpus."""
 
-    def fit(self, texts: Sequence[str], work_dir: Path) -> None:
-        """Learn from the corpus (e.g. fine-tune a language model), keeping what a resumed run
-        can reuse under ``work_dir``."""
+    def fit(self, texts: Sequence[str], work_dir: Path, seed: int) -> None:
+        """Learn from the corpus (e.g. fine-tune a language model) with every random choice fixed
+        by ``seed``, keeping what a resumed run can reuse under ``work_dir`` (a folder that is
+        specific to the run's settings)."""
 
     def sample(self, count: int, seed: int) -> list[str]:
         """``count`` new texts, determined by ``seed``."""
@@ -70,11 +79,25 @@ class AugmentResult:
     new: int
 
 
-def augment_rows(rows: Sequence[dict[str, Any]], text_columns: Sequence[str], augmenter: Any, output: str | Path,
-                 n: int, seed: int = 0, keep_original: bool = True, settings: dict[str, Any] | None = None,
-                 overwrite: bool = False, progress: bool = True, batch_size: int = 32) -> AugmentResult:
-    """Write ``rows`` grown by ``augmenter`` to ``output`` (JSON lines), resuming a killed run
-    with the same ``settings``; returns what the file holds.
+def build_augmenter(name: str, options: dict[str, Any], where: str = "augmenter") -> Any:
+    """The registered augmenter ``name`` built with ``options``; a ConfigError names what is wrong."""
+    try:
+        factory = lookup("augmenters", name)
+    except LookupError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    try:
+        return factory(**options)
+    except TypeError as exc:
+        raise ConfigError(f"{where} {name!r}: {exc}") from None
+
+
+def augment_rows(rows: Sequence[dict[str, Any]], text_columns: Sequence[str], make_augmenter: Callable[[], Any],
+                 output: str | Path, n: int, seed: int = 0, keep_original: bool = True,
+                 settings: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
+                 batch_size: int = 32) -> AugmentResult:
+    """Write ``rows`` grown by the augmenter ``make_augmenter()`` builds to ``output`` (JSON
+    lines), resuming a killed run with the same ``settings``; returns what the file holds. The
+    augmenter is built only when there is work left.
 
     ``n`` is per input row for an example augmenter and in all for a corpus augmenter (which
     samples ``batch_size`` texts at a time).
@@ -89,25 +112,32 @@ def augment_rows(rows: Sequence[dict[str, Any]], text_columns: Sequence[str], au
         if missing:
             raise ConfigError(f"augment: input row {number} has no column(s) {', '.join(missing)}; "
                               f"its columns are {', '.join(row)}")
-    settings = {**(settings or {}), "columns": columns, "n": n, "seed": seed, "keep_original": keep_original}
+    settings = {**(settings or {}), "columns": columns, "n": n, "seed": seed, "keep_original": keep_original,
+                "batch_size": batch_size}
+    work_dir = Path(f"{output}{WORK_SUFFIX}")
+    if overwrite:
+        shutil.rmtree(work_dir, ignore_errors=True)
     with ResumableJsonl(output, settings, overwrite) as stream:
         if not stream.complete:
-            _augment(rows, columns, augmenter, stream, n, seed, keep_original, progress, batch_size, Path(output))
+            _augment(rows, columns, make_augmenter(), stream, n, seed, keep_original, progress, batch_size,
+                     work_dir / stream.fingerprint[:16])
             stream.finish()
+            shutil.rmtree(work_dir, ignore_errors=True)
         return AugmentResult(stream.written, sum(1 for record in stream.records() if record[AUGMENTED]))
 
 
 def _augment(rows: Sequence[dict[str, Any]], columns: list[str], augmenter: Any, stream: ResumableJsonl, n: int,
-             seed: int, keep_original: bool, progress: bool, batch_size: int, output: Path) -> None:
+             seed: int, keep_original: bool, progress: bool, batch_size: int, work_dir: Path) -> None:
     seen = {_key(record, columns) for record in stream.records()}
     originals = {_key(row, columns) for row in rows}
+    seen |= originals
     if isinstance(augmenter, ExampleAugmenter):
-        _augment_each(rows, columns, augmenter, stream, seen, originals, n, seed, keep_original, progress)
+        _augment_each(rows, columns, augmenter, stream, seen, n, seed, keep_original, progress)
     elif isinstance(augmenter, CorpusAugmenter):
         if len(columns) != 1:
             raise ConfigError(f"augment: {type(augmenter).__name__} writes single texts, not pairs")
-        _augment_corpus(rows, columns[0], augmenter, stream, seen, originals, n, seed, keep_original,
-                        progress, batch_size, Path(f"{output}.work"))
+        _augment_corpus(rows, columns[0], augmenter, stream, seen, n, seed, keep_original, progress, batch_size,
+                        work_dir)
     else:
         raise ConfigError(f"augment: {type(augmenter).__name__} is neither an ExampleAugmenter (variants) "
                           "nor a CorpusAugmenter (sample)")
@@ -118,8 +148,7 @@ def _key(row: dict[str, Any], columns: list[str]) -> tuple[str, ...]:
 
 
 def _augment_each(rows: Sequence[dict[str, Any]], columns: list[str], augmenter: ExampleAugmenter,
-                  stream: ResumableJsonl, seen: set, originals: set, n: int, seed: int, keep_original: bool,
-                  progress: bool) -> None:
+                  stream: ResumableJsonl, seen: set, n: int, seed: int, keep_original: bool, progress: bool) -> None:
     augmenter.fit([str(row[c]) for row in rows for c in columns])
     start = stream.units_done * ROWS_PER_UNIT
     bar = tqdm(total=len(rows), initial=start, desc="augment", unit="row", disable=not progress)
@@ -127,7 +156,7 @@ def _augment_each(rows: Sequence[dict[str, Any]], columns: list[str], augmenter:
         unit = []
         for index in range(first, min(first + ROWS_PER_UNIT, len(rows))):
             row = rows[index]
-            if keep_original and _admit(_key(row, columns), seen):
+            if keep_original:
                 unit.append({**row, AUGMENTED: False})
             rng = random.Random(f"{seed}:{index}")
             variants = zip(*(augmenter.variants(str(row[c]), rng) for c in columns), strict=False)  # endless
@@ -135,7 +164,7 @@ def _augment_each(rows: Sequence[dict[str, Any]], columns: list[str], augmenter:
             for _ in range(ATTEMPTS_PER_ROW * n):
                 texts = next(variants)
                 key = tuple(t.strip() for t in texts)
-                if all(key) and key not in originals and _admit(key, seen):
+                if all(key) and _admit(key, seen):
                     unit.append({**dict(zip(columns, key, strict=True)), AUGMENTED: True, SOURCE_ROW: index})
                     added += 1
                     if added == n:
@@ -147,12 +176,11 @@ def _augment_each(rows: Sequence[dict[str, Any]], columns: list[str], augmenter:
 
 
 def _augment_corpus(rows: Sequence[dict[str, Any]], column: str, augmenter: CorpusAugmenter, stream: ResumableJsonl,
-                    seen: set, originals: set, n: int, seed: int, keep_original: bool, progress: bool,
-                    batch_size: int, work_dir: Path) -> None:
-    augmenter.fit([str(row[column]) for row in rows], work_dir)
+                    seen: set, n: int, seed: int, keep_original: bool, progress: bool, batch_size: int,
+                    work_dir: Path) -> None:
+    augmenter.fit([str(row[column]) for row in rows], work_dir, seed)
     if stream.units_done == 0:
-        stream.write_unit([{**row, AUGMENTED: False} for row in rows if _admit(_key(row, [column]), seen)]
-                          if keep_original else [])
+        stream.write_unit([{**row, AUGMENTED: False} for row in rows] if keep_original else [])
     new = sum(1 for record in stream.records() if record[AUGMENTED])
     bar = tqdm(total=n, initial=new, desc="generate", unit="text", disable=not progress)
     fruitless = 0
@@ -161,7 +189,7 @@ def _augment_corpus(rows: Sequence[dict[str, Any]], column: str, augmenter: Corp
         unit = []
         for text in augmenter.sample(batch_size, seed=_batch_seed(seed, batch)):
             key = (text.strip(),)
-            if key[0] and key not in originals and _admit(key, seen) and new + len(unit) < n:
+            if key[0] and new + len(unit) < n and _admit(key, seen):
                 unit.append({column: key[0], AUGMENTED: True})
         stream.write_unit(unit)
         new += len(unit)

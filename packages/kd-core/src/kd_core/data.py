@@ -24,9 +24,10 @@ def resolve_path(path: str | Path, base_dir: Path | None, where: str) -> Path:
     raise ConfigError(f"{where}: file {str(path)!r} not found (looked at {', '.join(map(str, tried))})")
 
 
-def read_records(path: Path, limit: int | None = None, format: str = "auto",
-                 where: str = "data") -> list[dict[str, Any]]:
-    """Every row of a TSV/CSV/JSONL file as a dict of all its columns, in file order."""
+def read_records(path: Path, limit: int | None = None, format: str = "auto", where: str = "data",
+                 columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every row of a TSV/CSV/JSONL file as a dict of all its columns, in file order. A TSV/CSV
+    without a header row (CoLA's) needs its column names as ``columns``."""
     kind = FORMATS.get(path.suffix.lower()) if format == "auto" else format
     if kind is None:
         raise ConfigError(f"{where}: cannot tell the format of {path.name}; "
@@ -36,7 +37,7 @@ def read_records(path: Path, limit: int | None = None, format: str = "auto",
         if kind == "jsonl":
             records = (json.loads(line) for line in handle if line.strip())
         else:
-            records = csv.DictReader(handle, delimiter="\t" if kind == "tsv" else ",",
+            records = csv.DictReader(handle, fieldnames=columns, delimiter="\t" if kind == "tsv" else ",",
                                      quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL)
         for record in records:
             rows.append(dict(record))
@@ -47,10 +48,11 @@ def read_records(path: Path, limit: int | None = None, format: str = "auto",
     return rows
 
 
-def read_examples(path: Path, columns: list[str], limit: int | None = None,
-                  format: str = "auto", where: str = "data") -> list[dict[str, Any]]:
-    """Rows of a TSV/CSV/JSONL file as dicts, keeping only ``columns`` (all must exist)."""
-    rows = read_records(path, limit, format, where)
+def read_examples(path: Path, columns: list[str], limit: int | None = None, format: str = "auto",
+                  where: str = "data", header: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a TSV/CSV/JSONL file as dicts, keeping only ``columns`` (all must exist);
+    ``header`` names the columns of a file without a header row."""
+    rows = read_records(path, limit, format, where, header)
     for number, record in enumerate(rows, start=1):
         missing = [c for c in columns if c not in record]
         if missing:

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kd_core.augmentation import augment_rows
+from kd_core.augmentation import augment_rows, build_augmenter
 from kd_core.checkpoint import write_text_atomic
 from kd_core.config import ConfigModel, DistillationConfig, TrainingConfig
 from kd_core.data import read_records, resolve_path
@@ -52,6 +52,8 @@ class DataFile(ConfigModel):
     distillers then use them instead of running the teacher for its logits."""
     limit: int | None = Field(None, ge=1)
     format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"
+    columns: list[str] | None = None
+    """The column names, in order, of a TSV/CSV without a header row (CoLA's files)."""
 
     @property
     def text_columns(self) -> list[str]:
@@ -348,6 +350,9 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
     task = task_for(recipe)
     seed_everything(recipe.training.seed)
     teachers = {_teacher_name(spec, i): task.load_teacher(spec) for i, spec in enumerate(recipe.teachers)}
+    if recipe.assistants and recipe.data.train.teacher_logits:
+        raise ConfigError("data.train.teacher_logits: stored logits are one teacher's, but with assistants each stage "
+                          "distils from another teacher; leave teacher_logits out so every stage runs its teacher")
     data = task.prepare_data(transfer_set(task, recipe, output_dir, base_dir), recipe.primary_teacher, base_dir)
     assistants = []
     current = teachers
@@ -386,8 +391,8 @@ def run_multitask_distill(recipe: Recipe, output_dir: Path, base_dir: Path | Non
     augmented = [name for name, spec in recipe.tasks.items() if spec.data.augment is not None]
     if augmented:
         raise ConfigError(f"tasks.{augmented[0]}.data.augment: a multi-task recipe does not augment its tasks yet; "
-                          "prepare each task's transfer set with `kd augment` and `kd augment label`, and give it as "
-                          "that task's data.train with teacher_logits: teacher_logits")
+                          "grow each task's data with `kd augment` and give the (unlabelled) file as that task's "
+                          "data.train: its teacher then runs on every batch")
     teachers = {name: task.load_teacher(spec.teacher) for name, spec in recipe.tasks.items()}
     data = {name: task.prepare_data(spec.data, spec.teacher, base_dir) for name, spec in recipe.tasks.items()}
     student = task.build_multitask_student(recipe.student, teachers)
@@ -425,7 +430,8 @@ def transfer_set(task: Task, recipe: Recipe, output_dir: Path, base_dir: Path | 
         return spec
     if len(recipe.teachers) > 1 or recipe.assistants:
         raise ConfigError("data.augment: transfer sets are labelled by one teacher; a recipe with several teachers "
-                          "or with assistants cannot use it yet")
+                          "or with assistants cannot use it yet. Grow the data with `kd augment` and give the "
+                          "(unlabelled) file as data.train: the teachers then run on every batch")
     if recipe.distillation.hard_label_weight != 0:
         raise ConfigError("data.augment: the new rows of a transfer set have no gold labels; "
                           "set distillation.hard_label_weight: 0")
@@ -433,7 +439,7 @@ def transfer_set(task: Task, recipe: Recipe, output_dir: Path, base_dir: Path | 
     directory = output_dir.resolve() / TRANSFER_DIR
     if augment.path is not None:
         source = train.model_copy(update={"path": str(resolve_path(augment.path, base_dir, "data.augment.path")),
-                                          "label": None, "limit": None, "format": "auto"})
+                                          "label": None, "limit": None, "format": "auto", "columns": None})
         first = read_records(Path(source.path), 1, where="data.augment.path")[0]
         if TEACHER_LOGITS in first:
             return spec.model_copy(update={"train": source.model_copy(update={"teacher_logits": TEACHER_LOGITS}),
@@ -444,12 +450,9 @@ def transfer_set(task: Task, recipe: Recipe, output_dir: Path, base_dir: Path | 
     if augment.path is None:
         path = resolve_path(train.path, base_dir, "data.train.path")
         augmenter = augment.spec
-        try:
-            factory = lookup("augmenters", augmenter.name)
-        except LookupError as exc:
-            raise ConfigError(f"data.augment.augmenter: {exc}") from None
-        augment_rows(read_records(path, train.limit, train.format, "data.train"), train.text_columns,
-                     factory(**augmenter.options), directory / "augmented.jsonl", n=augment.n, seed=augment.seed,
+        augment_rows(read_records(path, train.limit, train.format, "data.train", train.columns), train.text_columns,
+                     lambda: build_augmenter(augmenter.name, augmenter.options, "data.augment.augmenter"),
+                     directory / "augmented.jsonl", n=augment.n, seed=augment.seed,
                      keep_original=augment.keep_original, batch_size=augment.batch_size,
                      settings={"input": file_fingerprint(path), "limit": train.limit, "augmenter": augmenter.name,
                                "options": augmenter.options}, progress=recipe.training.progress)

@@ -60,6 +60,7 @@ class ResumableJsonl:
     def _previous_state(self, overwrite: bool) -> dict[str, Any]:
         fresh = {"units_done": 0, "written": 0, "bytes": 0, "complete": False}
         if overwrite or not self.path.exists():
+            self.progress_path.unlink(missing_ok=True)
             return fresh
         if not self.progress_path.is_file():
             raise KDError(f"{self.path} exists but was not written by kd (no {self.progress_path.name} beside it); "

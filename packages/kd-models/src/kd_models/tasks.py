@@ -95,7 +95,7 @@ class SequenceClassificationTask:
         path = resolve_path(spec.path, base_dir, f"{where}.path")
         columns = spec.text_columns
         carried = [c for c in (spec.label, spec.teacher_logits) if c is not None]
-        rows = read_examples(path, [*columns, *carried], spec.limit, spec.format, where)
+        rows = read_examples(path, [*columns, *carried], spec.limit, spec.format, where, spec.columns)
         texts = [[str(row[c]) for row in rows] for c in columns]
         encoded = tokenizer(*texts, truncation=True, max_length=max_length)
         examples = []
