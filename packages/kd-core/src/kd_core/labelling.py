@@ -42,12 +42,12 @@ def label_file(task: Task, teacher: ModelSpec, data: DataFile, output: str | Pat
     from kd_core.recipe import DataSpec
 
     path = resolve_path(data.path, base_dir, "label input")
-    rows = read_records(path, data.limit, data.format, "label input", data.columns)
+    rows = read_records(path, data.limit, data.format, "label input", data.columns, data.skip)
     model = task.load_teacher(teacher).to(device).eval()
     cache = TeacherCache(model, cache_dir, top_k)
-    settings = {"input": file_fingerprint(path), "limit": data.limit, "format": data.format, "header": data.columns,
-                "columns": data.text_columns,
-                "teacher": cache.identity, "max_length": max_length, "top_k": top_k}
+    settings = {"input": file_fingerprint(path), "limit": data.limit, "skip": data.skip, "format": data.format,
+                "header": data.columns, "columns": data.text_columns, "teacher": cache.identity,
+                "max_length": max_length, "top_k": top_k}
     unlabelled = data.model_copy(update={"path": str(path), "label": None, "teacher_logits": None})
     prepared = task.prepare_data(DataSpec(train=unlabelled, max_length=max_length), teacher, None)
     adaptor = task.adaptor(model)

@@ -1,4 +1,5 @@
-"""Evaluation metrics over predicted and gold labels (1-D integer tensors)."""
+"""Evaluation metrics over predicted and gold labels (1-D integer tensors), and entity-level F1
+over tag sequences."""
 
 from __future__ import annotations
 
@@ -36,6 +37,34 @@ def macro_f1(pred: torch.Tensor, gold: torch.Tensor) -> float:
         fn = float(((pred != label) & (gold == label)).sum())
         scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
     return sum(scores) / len(scores)
+
+
+def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
+    """The entities of a BIO (IOB2) tag sequence as (type, first, last) token spans, read as
+    conlleval does: an entity starts at ``B-X``, or at ``I-X`` that does not continue an ``X``."""
+    spans: set[tuple[str, int, int]] = set()
+    kind, start = None, 0
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, label = tag.partition("-")
+        continues = prefix == "I" and label == kind
+        if kind is not None and not continues:
+            spans.add((kind, start, i - 1))
+            kind = None
+        if prefix in ("B", "I") and not continues:
+            kind, start = label, i
+    return spans
+
+
+def entity_f1(pred: list[list[str]], gold: list[list[str]]) -> float:
+    """Micro-averaged entity-level F1 over sentences of BIO tags (an entity counts when its type
+    and both ends match): WNUT and CoNLL's metric."""
+    found = correct = expected = 0
+    for p, g in zip(pred, gold, strict=True):
+        p_spans, g_spans = entity_spans(p), entity_spans(g)
+        found += len(p_spans)
+        expected += len(g_spans)
+        correct += len(p_spans & g_spans)
+    return 0.0 if correct == 0 else 2 * correct / (found + expected)
 
 
 METRICS = {"accuracy": accuracy, "matthews": matthews_corrcoef, "macro_f1": macro_f1}

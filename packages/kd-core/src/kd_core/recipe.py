@@ -30,7 +30,7 @@ from kd_core.engine import seed_everything
 from kd_core.errors import ConfigError
 from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, to_device
 from kd_core.labelling import label_file
-from kd_core.metrics import compute_metric
+from kd_core.metrics import compute_metric, entity_f1
 from kd_core.plugins import lookup
 from kd_core.resumable import file_fingerprint
 from kd_core.tasks import PreparedData, Task
@@ -51,9 +51,12 @@ class DataFile(ConfigModel):
     """The column of stored teacher logits (``teacher_logits`` as ``kd augment label`` writes it);
     distillers then use them instead of running the teacher for its logits."""
     limit: int | None = Field(None, ge=1)
-    format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"
+    skip: int = Field(0, ge=0)
+    """Rows passed over before reading (``limit`` counts after them): a held-out part of a file."""
+    format: Literal["auto", "tsv", "csv", "jsonl", "conll"] = "auto"
     columns: list[str] | None = None
-    """The column names, in order, of a TSV/CSV without a header row (CoLA's files)."""
+    """The column names, in order, of a TSV/CSV without a header row (CoLA's files), or the names
+    of a CoNLL file's two columns (default ``tokens`` and ``tags``)."""
 
     @property
     def text_columns(self) -> list[str]:
@@ -127,11 +130,21 @@ class DataSpec(ConfigModel):
 
 class ModelSpec(ConfigModel):
     """A teacher: a Hugging Face path (``package:NAME`` for a model shipped in a Python
-    package with ``get_model_path()``), its number of labels, and a name (for several teachers)."""
+    package with ``get_model_path()``), its number of labels or their names, and a name (for
+    several teachers)."""
 
     model: str
     num_labels: int | None = Field(None, ge=1)
+    labels: list[str] | None = None
+    """The class names in id order (a token task's tags, e.g. ``[O, B-person, I-person]``), for a
+    teacher that is not fine-tuned yet; a fine-tuned teacher keeps them in its config."""
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _labels(self) -> ModelSpec:
+        if self.labels is not None and self.num_labels not in (None, len(self.labels)):
+            raise ValueError(f"num_labels is {self.num_labels} but labels names {len(self.labels)} classes")
+        return self
 
 
 class StudentSpec(ConfigModel):
@@ -186,7 +199,7 @@ class TrainingSpec(ConfigModel):
 class EvalSpec(ConfigModel):
     """How the report measures models: the metric and the batch size for latency."""
 
-    metric: Literal["accuracy", "matthews", "macro_f1"] = "accuracy"
+    metric: Literal["accuracy", "matthews", "macro_f1", "entity_f1"] = "accuracy"
     batch_size: int = Field(32, ge=1)
 
 
@@ -439,7 +452,8 @@ def transfer_set(task: Task, recipe: Recipe, output_dir: Path, base_dir: Path | 
     directory = output_dir.resolve() / TRANSFER_DIR
     if augment.path is not None:
         source = train.model_copy(update={"path": str(resolve_path(augment.path, base_dir, "data.augment.path")),
-                                          "label": None, "limit": None, "format": "auto", "columns": None})
+                                          "label": None, "limit": None, "skip": 0, "format": "auto",
+                                          "columns": None})
         first = read_records(Path(source.path), 1, where="data.augment.path")[0]
         if TEACHER_LOGITS in first:
             return spec.model_copy(update={"train": source.model_copy(update={"teacher_logits": TEACHER_LOGITS}),
@@ -450,11 +464,13 @@ def transfer_set(task: Task, recipe: Recipe, output_dir: Path, base_dir: Path | 
     if augment.path is None:
         path = resolve_path(train.path, base_dir, "data.train.path")
         augmenter = augment.spec
-        augment_rows(read_records(path, train.limit, train.format, "data.train", train.columns), train.text_columns,
+        augment_rows(read_records(path, train.limit, train.format, "data.train", train.columns, train.skip),
+                     train.text_columns,
                      lambda: build_augmenter(augmenter.name, augmenter.options, "data.augment.augmenter"),
                      directory / "augmented.jsonl", n=augment.n, seed=augment.seed,
                      keep_original=augment.keep_original, batch_size=augment.batch_size,
-                     settings={"input": file_fingerprint(path), "limit": train.limit, "augmenter": augmenter.name,
+                     settings={"input": file_fingerprint(path), "limit": train.limit, "skip": train.skip,
+                               "augmenter": augmenter.name,
                                "options": augmenter.options}, progress=recipe.training.progress)
         source = DataFile(path=str(directory / "augmented.jsonl"), text=train.text)
     labelled = directory / "labelled.jsonl"
@@ -590,20 +606,39 @@ def measure(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Reci
         start = time.perf_counter()
         features = adaptor.run(model, batch, needs)
         times.append((time.perf_counter() - start) * 1000)
-        logits, labels = features["logits"], features["labels"]
+        predicted, labels = features["logits"].argmax(-1).cpu(), features["labels"].cpu()
+        if predicted.dim() == 1:
+            predictions.append(predicted)
+            golds.append(labels)
+            continue
+        # token level: one sequence per example, at the labelled tokens (a word's first piece)
+        keep = labels != -100
         mask = features.get("logits_mask")
         if mask is not None:
-            keep = mask.reshape(-1).bool()
-            logits, labels = logits.reshape(-1, logits.shape[-1])[keep], labels.reshape(-1)[keep]
-        predictions.append(logits.argmax(-1).cpu())
-        golds.append(labels.cpu())
+            keep &= mask.cpu().bool()
+        predictions.extend(p[k] for p, k in zip(predicted, keep, strict=True))
+        golds.extend(g[k] for g, k in zip(labels, keep, strict=True))
     model.train(was_training)
+    if recipe.eval.metric == "entity_f1":
+        names = _label_names(model)
+        value = entity_f1([[names[int(i)] for i in p] for p in predictions],
+                          [[names[int(i)] for i in g] for g in golds])
+    else:
+        value = compute_metric(recipe.eval.metric, torch.cat(predictions), torch.cat(golds))
     return {
-        "value": compute_metric(recipe.eval.metric, torch.cat(predictions), torch.cat(golds)),
+        "value": value,
         "params": sum(p.numel() for p in model.parameters()),
         # the first batch pays one-off costs (allocations, kernel selection)
         "latency_ms": round(statistics.median(times[1:] or times), 3),
     }
+
+
+def _label_names(model: nn.Module) -> dict[int, str]:
+    names = getattr(getattr(model, "config", None), "id2label", None)
+    if not names:
+        raise ConfigError("eval.metric entity_f1 reads the tag names from the model's config.id2label, and this "
+                          "model has none; give the teacher its tags (teacher.labels)")
+    return {int(i): name for i, name in names.items()}
 
 
 def _retention(student: float, teacher: float) -> float | None:

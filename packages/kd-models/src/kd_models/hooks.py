@@ -6,7 +6,7 @@ from kd_core import hookimpl
 from kd_core.hookspecs import Register
 from kd_models import initializers, students
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
-from kd_models.tasks import SequenceClassificationTask
+from kd_models.tasks import SequenceClassificationTask, TokenClassificationTask
 
 
 @hookimpl
@@ -18,6 +18,7 @@ def kd_register_adaptors(register: Register) -> None:
 @hookimpl
 def kd_register_tasks(register: Register) -> None:
     register("sequence_classification", SequenceClassificationTask())
+    register("token_classification", TokenClassificationTask())
 
 
 @hookimpl

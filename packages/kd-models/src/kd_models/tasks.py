@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from kd_core.data import read_examples, resolve_path
 from kd_core.errors import ConfigError
@@ -44,8 +44,8 @@ class TokenizedDataset(torch.utils.data.Dataset):
 
 
 class PadCollator:
-    """Pads a list of tokenized examples to the longest one and stacks their labels and stored
-    teacher logits (when the examples have them)."""
+    """Pads a list of tokenized examples to the longest one and stacks their labels (per-token
+    labels padded with -100) and stored teacher logits (when the examples have them)."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -55,25 +55,37 @@ class PadCollator:
         batch = dict(self.tokenizer.pad([{k: v for k, v in e.items() if k not in extra} for e in examples],
                                         return_tensors="pt"))
         if "labels" in examples[0]:
-            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+            labels = [e["labels"] for e in examples]
+            if isinstance(labels[0], list):
+                width = batch["input_ids"].shape[1]
+                labels = [row + [-100] * (width - len(row)) for row in labels]
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
         if TEACHER_LOGITS in examples[0]:
             batch[TEACHER_LOGITS] = collate_teacher_logits([e[TEACHER_LOGITS] for e in examples],
                                                            batch.get("attention_mask"))
         return batch
 
 
+def _label_settings(spec: ModelSpec) -> dict[str, Any]:
+    """from_pretrained arguments that give a model the spec's classes (a saved head of another
+    size is replaced by a new one)."""
+    if spec.labels is not None:
+        return {"num_labels": len(spec.labels), "id2label": dict(enumerate(spec.labels)),
+                "label2id": {name: i for i, name in enumerate(spec.labels)}, "ignore_mismatched_sizes": True}
+    return {"num_labels": spec.num_labels, "ignore_mismatched_sizes": True} if spec.num_labels else {}
+
+
 class SequenceClassificationTask:
     """``sequence_classification``: one label per text or text pair (SST-2, CoLA, MNLI, ...)."""
 
+    auto_class: Any = AutoModelForSequenceClassification
+
     def load_teacher(self, spec: ModelSpec) -> nn.Module:
-        path = resolve_model_path(spec.model)
-        kwargs = {"num_labels": spec.num_labels} if spec.num_labels else {}
-        return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        return self.auto_class.from_pretrained(resolve_model_path(spec.model), **_label_settings(spec))
 
     def build_student(self, spec: StudentSpec, teacher: nn.Module) -> nn.Module:
         if spec.model is not None:
-            return AutoModelForSequenceClassification.from_pretrained(
-                resolve_model_path(spec.model), num_labels=teacher.config.num_labels)
+            return self.auto_class.from_pretrained(resolve_model_path(spec.model), num_labels=teacher.config.num_labels)
         overrides = dict(spec.config or {})
         if spec.preset is not None:
             try:
@@ -85,17 +97,17 @@ class SequenceClassificationTask:
 
     def prepare_data(self, spec: DataSpec, teacher_spec: ModelSpec, base_dir: Path | None) -> PreparedData:
         tokenizer = load_tokenizer(resolve_model_path(teacher_spec.model))
-        train = self._dataset(spec.train, tokenizer, spec.max_length, base_dir, "data.train")
-        evaluation = (self._dataset(spec.eval, tokenizer, spec.max_length, base_dir, "data.eval")
+        train = self._dataset(spec.train, tokenizer, spec.max_length, base_dir, "data.train", teacher_spec)
+        evaluation = (self._dataset(spec.eval, tokenizer, spec.max_length, base_dir, "data.eval", teacher_spec)
                       if spec.eval is not None else None)
         return PreparedData(train, evaluation, PadCollator(tokenizer))
 
     def _dataset(self, spec: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None,
-                 where: str) -> TokenizedDataset:
+                 where: str, teacher_spec: ModelSpec) -> TokenizedDataset:
         path = resolve_path(spec.path, base_dir, f"{where}.path")
         columns = spec.text_columns
         carried = [c for c in (spec.label, spec.teacher_logits) if c is not None]
-        rows = read_examples(path, [*columns, *carried], spec.limit, spec.format, where, spec.columns)
+        rows = read_examples(path, [*columns, *carried], spec.limit, spec.format, where, spec.columns, spec.skip)
         texts = [[str(row[c]) for row in rows] for c in columns]
         encoded = tokenizer(*texts, truncation=True, max_length=max_length)
         examples = []
@@ -136,3 +148,61 @@ class SequenceClassificationTask:
         directory.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(directory, safe_serialization=True)
         load_tokenizer(resolve_model_path(teacher_spec.model)).save_pretrained(directory)
+
+
+class TokenClassificationTask(SequenceClassificationTask):
+    """``token_classification``: one tag per word (named entities: WNUT-16, CoNLL-2003).
+
+    ``data.text`` names a column of words (a list, or a string split on whitespace) and
+    ``data.label`` a column of their tags, as a CoNLL file (``format: conll``) or JSON lines give
+    them. Tags become ids through the teacher's ``teacher.labels`` or, for a fine-tuned teacher,
+    its config's ``label2id``. A word's first piece carries its tag; the other pieces and the
+    special tokens carry -100, so the hard-label loss and the metrics read one tag per word, while
+    logit distillation reads every token.
+    """
+
+    auto_class = AutoModelForTokenClassification
+
+    def _dataset(self, spec: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None,
+                 where: str, teacher_spec: ModelSpec) -> TokenizedDataset:
+        path = resolve_path(spec.path, base_dir, f"{where}.path")
+        columns = spec.text_columns
+        if len(columns) != 1:
+            raise ConfigError(f"{where}.text: a token task reads one column of words, got {columns}")
+        carried = [c for c in (spec.label, spec.teacher_logits) if c is not None]
+        rows = read_examples(path, [columns[0], *carried], spec.limit, spec.format, where, spec.columns, spec.skip)
+        words = [row[columns[0]] if isinstance(row[columns[0]], list) else str(row[columns[0]]).split()
+                 for row in rows]
+        encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+        label2id = ({name: i for i, name in enumerate(teacher_spec.labels)} if teacher_spec.labels is not None
+                    else dict(AutoConfig.from_pretrained(resolve_model_path(teacher_spec.model)).label2id))
+        examples = []
+        for i, row in enumerate(rows):
+            example = {k: v[i] for k, v in encoded.items()}
+            if spec.label is not None:
+                example["labels"] = _token_labels(row[spec.label], encoded.word_ids(i), words[i], label2id,
+                                                  f"{where}: {path.name} row {i + 1}")
+            if spec.teacher_logits is not None:
+                example[TEACHER_LOGITS] = row[spec.teacher_logits]
+            examples.append(example)
+        return TokenizedDataset(examples)
+
+    def build_multitask_student(self, spec: StudentSpec, teachers: dict[str, nn.Module]) -> nn.Module:
+        raise ConfigError("task: multi-task recipes take sequence_classification tasks only")
+
+
+def _token_labels(tags: Any, word_ids: list[int | None], words: list[str], label2id: dict[str, int],
+                  where: str) -> list[int]:
+    """One label per token: the word's tag id at its first piece, -100 elsewhere."""
+    tags = tags if isinstance(tags, list) else str(tags).split()
+    if len(tags) != len(words):
+        raise ConfigError(f"{where} has {len(words)} words but {len(tags)} tags")
+    unknown = sorted({t for t in tags if t not in label2id})
+    if unknown:
+        raise ConfigError(f"{where} has tags {unknown} that are not among the teacher's labels "
+                          f"{list(label2id)}; list every tag in teacher.labels")
+    labels, previous = [], None
+    for word in word_ids:
+        labels.append(-100 if word is None or word == previous else label2id[tags[word]])
+        previous = word
+    return labels
