@@ -1,0 +1,92 @@
+"""Mistakes and confidence of a teacher and its students on one labelled set.
+
+For every model: its metric, mean confidence on right and wrong predictions, ECE and a
+reliability table. For every student against the reference (the first model, usually the
+teacher): how often they agree, a 2 x 2 table of who is right, and the most confident examples
+of each disagreement. Every model's prediction of every example goes to predictions.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kd_analysis.calibration import bins_as_dicts, expected_calibration_error, reliability_bins
+from kd_analysis.plots import confidence_histograms, reliability_diagrams
+from kd_analysis.predictions import Predictions
+from kd_core.checkpoint import write_text_atomic
+from kd_core.metrics import compute_metric
+
+ANALYSIS_FILE = "analysis.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+CELLS = ("both_right", "only_reference_right", "only_model_right", "both_wrong")
+
+
+def analyze(models: list[Predictions], texts: list[str], output_dir: Path, metric: str = "accuracy",
+            bins: int = 10, examples: int = 5) -> dict[str, Any]:
+    """Write predictions.jsonl, analysis.json, reliability.png and confidence.png to
+    ``output_dir`` and return the analysis."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"examples": len(texts), "metric": metric, "bins": bins, "models": {},
+                              "reference": models[0].name, "comparisons": {}}
+    for model in models:
+        correct, confidence = model.correct, model.confidence
+        report["models"][model.name] = {
+            "value": compute_metric(metric, model.predicted, model.golds),
+            "accuracy": float(correct.float().mean()),
+            "mean_confidence_right": _mean(confidence[correct]),
+            "mean_confidence_wrong": _mean(confidence[~correct]),
+            "ece": expected_calibration_error(confidence, correct, bins),
+            "reliability": bins_as_dicts(reliability_bins(confidence, correct, bins)),
+        }
+    reference = models[0]
+    for model in models[1:]:
+        report["comparisons"][model.name] = compare(reference, model, texts, examples)
+    report["agreement"] = {a.name: {b.name: float((a.predicted == b.predicted).float().mean()) for b in models}
+                           for a in models}
+    _write_predictions(models, texts, output_dir / PREDICTIONS_FILE)
+    reliability_diagrams(report, output_dir / "reliability.png")
+    confidence_histograms(models, bins, output_dir / "confidence.png")
+    write_text_atomic(output_dir / ANALYSIS_FILE, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def compare(reference: Predictions, model: Predictions, texts: list[str], examples: int) -> dict[str, Any]:
+    """Agreement of ``model`` with ``reference``, who is right how often, and for each cell the
+    ``examples`` cases in which the model (or, where only the model is right, the reference) was
+    most confident."""
+    right_r, right_m = reference.correct, model.correct
+    cells = {"both_right": right_r & right_m, "only_reference_right": right_r & ~right_m,
+             "only_model_right": ~right_r & right_m, "both_wrong": ~right_r & ~right_m}
+    table: dict[str, Any] = {"agreement": float((reference.predicted == model.predicted).float().mean()),
+                             "counts": {cell: int(members.sum()) for cell, members in cells.items()},
+                             "examples": {}}
+    for cell, members in cells.items():
+        ranking = reference.confidence if cell == "only_model_right" else model.confidence
+        chosen = sorted(members.nonzero().squeeze(-1).tolist(), key=lambda i: (-float(ranking[i]), i))[:examples]
+        table["examples"][cell] = [{"index": i, "text": texts[i], "gold": int(reference.golds[i]),
+                                    reference.name: _guess(reference, i), model.name: _guess(model, i)}
+                                   for i in chosen]
+    return table
+
+
+def _guess(model: Predictions, index: int) -> dict[str, Any]:
+    return {"predicted": int(model.predicted[index]), "confidence": round(float(model.confidence[index]), 4)}
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    return float(values.mean()) if len(values) else None
+
+
+def _write_predictions(models: list[Predictions], texts: list[str], path: Path) -> None:
+    lines = []
+    for i, text in enumerate(texts):
+        row = {"index": i, "text": text, "gold": int(models[0].golds[i])}
+        for model in models:
+            row[model.name] = {**_guess(model, i), "probabilities": [round(p, 6) for p in
+                                                                     model.probabilities[i].tolist()]}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    write_text_atomic(path, "\n".join(lines) + "\n")

@@ -1,0 +1,89 @@
+"""``kd analyze``: what the teacher and its students get wrong, how sure they are, and where
+they disagree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kd_analysis.analysis import ANALYSIS_FILE, analyze
+from kd_analysis.predictions import predict, texts_of
+from kd_core.data import read_records, resolve_path
+from kd_core.errors import ConfigError
+from kd_core.recipe import DataFile, task_for_name
+
+
+class ManyValues(click.Option):
+    """An option that takes every value up to the next option: ``--models A B C``."""
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        option = next(o for opts in (parser._long_opt, parser._short_opt) for name, o in opts.items()
+                      if name in self.opts)
+        original = option.process
+
+        def process(value: Any, state: Any) -> None:
+            values = [value]
+            while state.rargs and not state.rargs[0].startswith("-"):
+                values.append(state.rargs.pop(0))
+            original(tuple(values), state)
+
+        option.process = process
+
+    def type_cast_value(self, ctx: click.Context, value: Any) -> Any:
+        if value is None:
+            return ()
+        return tuple(str(v) for group in value for v in (group if isinstance(group, tuple) else (group,)))
+
+
+@click.command("analyze")
+@click.option("--models", "-m", cls=ManyValues, multiple=True, required=True,
+              help="The models, reference (teacher) first: directories or package:MODULE.")
+@click.option("--names", default=None, help="Comma-separated names for the models (default: teacher, student-1, ...).")
+@click.option("--data", "-d", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="A labelled TSV/CSV/JSONL file.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--text-column", "-c", "text_columns", multiple=True, default=("sentence",), show_default=True,
+              help="The text column; twice for a pair.")
+@click.option("--label-column", "-l", default="label", show_default=True)
+@click.option("--columns", "header", default=None, help="Comma-separated column names of a file without a header.")
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--task", default="sequence_classification", show_default=True)
+@click.option("--metric", type=click.Choice(["accuracy", "matthews", "macro_f1"]), default="accuracy",
+              show_default=True)
+@click.option("--bins", type=click.IntRange(min=2), default=10, show_default=True, help="Confidence bins.")
+@click.option("--examples", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Examples shown per cell of each disagreement table.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path, output: Path,
+                    text_columns: tuple[str, ...], label_column: str, header: str | None, limit: int | None,
+                    task: str, metric: str, bins: int, examples: int, batch_size: int, max_length: int, device: str,
+                    quiet: bool) -> None:
+    """Predictions, mistakes, agreement and calibration of a teacher and its students on DATA."""
+    labels = names.split(",") if names else ["teacher", *(f"student-{i}" for i in range(1, len(models)))]
+    if len(labels) != len(models) or len(set(labels)) != len(labels):
+        raise ConfigError(f"--names: give {len(models)} distinct names, got {labels}")
+    columns = list(text_columns)
+    data = DataFile(path=str(resolve_path(data_path, None, "--data")),
+                    text=columns[0] if len(columns) == 1 else columns, label=label_column, limit=limit,
+                    columns=header.split(",") if header else None)
+    registered = task_for_name(task)
+    predictions = [predict(registered, name, model, data, max_length, batch_size, device, not quiet)
+                   for name, model in zip(labels, models, strict=True)]
+    rows = read_records(Path(data.path), data.limit, data.format, "--data", data.columns)
+    report = analyze(predictions, texts_of(rows, data), output, metric, bins, examples)
+    for name, result in report["models"].items():
+        click.echo(f"{name:<14} {metric} {result['value']:.4f}  ECE {result['ece']:.4f}  "
+                   f"confidence right {result['mean_confidence_right'] or 0:.3f} / "
+                   f"wrong {result['mean_confidence_wrong'] or 0:.3f}")
+    for name, table in report["comparisons"].items():
+        counts = table["counts"]
+        click.echo(f"{name} vs {report['reference']}: agree {table['agreement']:.3f}; "
+                   f"only {report['reference']} right {counts['only_reference_right']}, "
+                   f"only {name} right {counts['only_model_right']}, both wrong {counts['both_wrong']}")
+    click.echo(f"written: {output / ANALYSIS_FILE}, predictions.jsonl, reliability.png, confidence.png")

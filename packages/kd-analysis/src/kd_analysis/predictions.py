@@ -1,0 +1,68 @@
+"""Every model's class probabilities on one labelled file, each model reading it with its own
+tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from kd_core.errors import ConfigError
+from kd_core.features import FeatureNeeds, to_device
+from kd_core.recipe import DataFile, DataSpec, ModelSpec
+from kd_core.tasks import Task
+
+
+@dataclass
+class Predictions:
+    """One model's probabilities [N, C] over N examples, and the gold labels [N]."""
+
+    name: str
+    probabilities: torch.Tensor
+    golds: torch.Tensor
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        """The most probable class of each example."""
+        return self.probabilities.argmax(-1)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """The probability of the predicted class."""
+        return self.probabilities.max(-1).values
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """Whether each prediction equals the gold label."""
+        return self.predicted == self.golds
+
+
+@torch.no_grad()
+def predict(task: Task, name: str, model: str, data: DataFile, max_length: int = 128, batch_size: int = 64,
+            device: str = "cpu", progress: bool = True) -> Predictions:
+    """``model``'s softmax probabilities on ``data`` (which needs its label column)."""
+    if data.label is None:
+        raise ConfigError("kd analyze compares predictions with gold labels; give the label column")
+    spec = ModelSpec(model=model)
+    network = task.load_teacher(spec).to(device).eval()
+    prepared = task.prepare_data(DataSpec(train=data, max_length=max_length), spec, None)
+    adaptor = task.adaptor(network)
+    needs = FeatureNeeds({"logits": set()})
+    probabilities, golds = [], []
+    loader = DataLoader(prepared.train, batch_size=batch_size, collate_fn=prepared.collate)
+    for batch in tqdm(loader, desc=f"predict {name}", unit="batch", disable=not progress):
+        logits = adaptor.run(network, to_device(batch, device), needs)["logits"]
+        if logits.dim() != 2:
+            raise ConfigError(f"{name}: kd analyze reads one prediction per example; this model gives "
+                              f"per-token logits of shape {tuple(logits.shape)}")
+        probabilities.append(torch.softmax(logits.float(), -1).cpu())
+        golds.append(batch["labels"])
+    return Predictions(name, torch.cat(probabilities), torch.cat(golds))
+
+
+def texts_of(rows: list[dict[str, Any]], data: DataFile) -> list[str]:
+    """Each example's text as shown in the tables (a pair joined with ' ||| ')."""
+    return [" ||| ".join(str(row[c]) for c in data.text_columns) for row in rows]

@@ -1,0 +1,62 @@
+"""``kd analyze`` on two tiny models: every prediction is what the model gives the text on its own,
+the tables add up, and the figures are written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kd_core.cli import build_cli
+from tests.conftest import save_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-student"), minilm_path, seed=5)
+
+
+def test_analyze_writes_predictions_tables_and_figures(tmp_path: Path, tiny_teacher_dir: Path, student_dir: Path,
+                                                       sst2_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "analysis"
+    result = CliRunner().invoke(build_cli(), [
+        "analyze", "--models", str(tiny_teacher_dir), str(student_dir), "--names", "teacher,student",
+        "--data", str(sst2_dir / "dev.tsv"), "--limit", "40", "-o", str(out), "--examples", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "student vs teacher: agree" in result.output
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    report = json.loads((out / "analysis.json").read_text())
+    assert len(rows) == report["examples"] == 40
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(student_dir).eval()
+    for row in rows[:5]:
+        with torch.no_grad():
+            alone = torch.softmax(model(**tokenizer(row["text"], return_tensors="pt")).logits[0], -1)
+        torch.testing.assert_close(torch.tensor(row["student"]["probabilities"]), alone, atol=1e-5, rtol=1e-4)
+        assert row["student"]["predicted"] == int(alone.argmax())
+    table = report["comparisons"]["student"]
+    assert sum(table["counts"].values()) == 40
+    right = {name: sum(r[name]["predicted"] == r["gold"] for r in rows) for name in ("teacher", "student")}
+    assert table["counts"]["both_right"] + table["counts"]["only_reference_right"] == right["teacher"]
+    assert report["models"]["student"]["accuracy"] == pytest.approx(right["student"] / 40)
+    agree = sum(r["teacher"]["predicted"] == r["student"]["predicted"] for r in rows) / 40
+    assert table["agreement"] == pytest.approx(agree) == report["agreement"]["teacher"]["student"]
+    for cell, shown in table["examples"].items():
+        assert len(shown) == min(3, table["counts"][cell])
+    wrong = table["examples"]["only_reference_right"]
+    assert [e["student"]["confidence"] for e in wrong] == sorted((e["student"]["confidence"] for e in wrong),
+                                                                 reverse=True)
+    for figure in ("reliability.png", "confidence.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_requests_fail_with_a_message(tmp_path: Path, tiny_teacher_dir: Path, sst2_dir: Path) -> None:
+    result = CliRunner().invoke(build_cli(), ["analyze", "--models", str(tiny_teacher_dir), str(tiny_teacher_dir),
+                                              "--names", "a", "--data", str(sst2_dir / "dev.tsv"), "-o",
+                                              str(tmp_path)])
+    assert result.exit_code != 0 and "give 2 distinct names" in result.output
