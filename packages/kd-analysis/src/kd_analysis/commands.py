@@ -1,5 +1,5 @@
-"""``kd analyze``: what the teacher and its students get wrong, how sure they are, and where
-they disagree."""
+"""``kd analyze`` (what the teacher and its students get wrong, how sure they are, where they
+disagree) and ``kd probe`` (what each of their layers encodes)."""
 
 from __future__ import annotations
 
@@ -65,9 +65,7 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
                     task: str, metric: str, bins: int, examples: int, batch_size: int, max_length: int, device: str,
                     quiet: bool) -> None:
     """Predictions, mistakes, agreement and calibration of a teacher and its students on DATA."""
-    labels = names.split(",") if names else ["teacher", *(f"student-{i}" for i in range(1, len(models)))]
-    if len(labels) != len(models) or len(set(labels)) != len(labels):
-        raise ConfigError(f"--names: give {len(models)} distinct names, got {labels}")
+    labels = _model_names(names, models)
     columns = list(text_columns)
     data = DataFile(path=str(resolve_path(data_path, None, "--data")),
                     text=columns[0] if len(columns) == 1 else columns, label=label_column, limit=limit,
@@ -87,3 +85,55 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
                    f"only {report['reference']} right {counts['only_reference_right']}, "
                    f"only {name} right {counts['only_model_right']}, both wrong {counts['both_wrong']}")
     click.echo(f"written: {output / ANALYSIS_FILE}, predictions.jsonl, reliability.png, confidence.png")
+
+
+@click.command("probe")
+@click.option("--models", "-m", cls=ManyValues, multiple=True, required=True,
+              help="The models (teacher first): directories or package:MODULE.")
+@click.option("--names", default=None, help="Comma-separated names for the models (default: teacher, student-1, ...).")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="A TSV/CSV/JSONL file of sentences.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--text-column", "-c", default="sentence", show_default=True)
+@click.option("--columns", "header", default=None, help="Comma-separated column names of a file without a header.")
+@click.option("--limit", type=click.IntRange(min=1), default=2000, show_default=True, help="Sentences read.")
+@click.option("--task", default="sequence_classification", show_default=True,
+              help="The registered task that loads the models.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def probe_command(models: tuple[str, ...], names: str | None, corpus: Path, output: Path, text_column: str,
+                  header: str | None, limit: int, task: str, seed: int, batch_size: int, max_length: int, device: str,
+                  quiet: bool) -> None:
+    """Probe every layer of the models with SentEval-style tasks built from CORPUS."""
+    from kd_analysis.probing import PROBING_FILE, probe
+    from kd_analysis.probing_tasks import build_tasks
+
+    labels = _model_names(names, models)
+    rows = read_records(corpus, limit, "auto", "--corpus", header.split(",") if header else None)
+    if text_column not in rows[0]:
+        raise ConfigError(f"--text-column: {corpus.name} has no column {text_column!r}; it has {', '.join(rows[0])}")
+    tasks = build_tasks([str(row[text_column]) for row in rows], seed)
+    report = probe(task_for_name(task), dict(zip(labels, models, strict=True)), tasks, output, seed, max_length,
+                   batch_size, device, not quiet)
+    click.echo(f"{'task':<24}{'chance':>8}" + "".join(f"{name:>16}" for name in labels) + "   (best layer)")
+    for name, entry in report["tasks"].items():
+        if not entry["built"]:
+            click.echo(f"{name:<24}not built: {entry['reason']}")
+            continue
+        cells = []
+        for model in labels:
+            scores = report["models"][model]["tasks"][name]
+            best = max(range(len(scores)), key=scores.__getitem__)
+            cells.append(f"{scores[best]:.3f} (L{best})")
+        click.echo(f"{name:<24}{entry['chance']:>8.3f}" + "".join(f"{c:>16}" for c in cells))
+    click.echo(f"written: {output / PROBING_FILE}, probing.png, tasks/")
+
+
+def _model_names(names: str | None, models: tuple[str, ...]) -> list[str]:
+    labels = names.split(",") if names else ["teacher", *(f"student-{i}" for i in range(1, len(models)))]
+    if len(labels) != len(models) or len(set(labels)) != len(labels):
+        raise ConfigError(f"--names: give {len(models)} distinct names, got {labels}")
+    return labels

@@ -1,7 +1,9 @@
-"""The analysis's figures: reliability diagrams and confidence histograms, one panel per model."""
+"""The analysis's figures: reliability diagrams and confidence histograms (one panel per model),
+and probing accuracy per layer (one panel per task)."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -40,5 +42,34 @@ def confidence_histograms(models: list[Predictions], bins: int, path: Path) -> N
         axis.set(title=model.name, xlabel="confidence", ylabel="examples")
         axis.legend(loc="upper left")
     figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def probing_figure(report: dict[str, Any], path: Path) -> None:
+    """Per task: each model's probing accuracy from its embeddings (0) to its last layer (1), the
+    task's chance level dashed; a task that could not be built says why."""
+    tasks = report["tasks"]
+    columns = min(5, len(tasks))
+    rows = -(-len(tasks) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
+    for axis, (name, task) in zip(axes.flat, tasks.items(), strict=False):
+        axis.set_title(name, fontsize=10)
+        if not task["built"]:
+            axis.text(0.5, 0.5, "not built:\n" + textwrap.fill(task["reason"], 34), ha="center", va="center",
+                      fontsize=7, transform=axis.transAxes)
+            axis.set_axis_off()
+            continue
+        for model, result in report["models"].items():
+            scores = result["tasks"][name]
+            depth = [i / max(1, len(scores) - 1) for i in range(len(scores))]
+            axis.plot(depth, scores, marker="o", markersize=3, label=model)
+        axis.axhline(task["chance"], linestyle="--", color="grey", label="chance")
+        axis.set(xlabel="relative depth", ylabel="accuracy", ylim=(0, 1))
+    for axis in list(axes.flat)[len(tasks):]:
+        axis.set_axis_off()
+    handles, labels = next(a for a in axes.flat if a.get_legend_handles_labels()[0]).get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels))
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)
