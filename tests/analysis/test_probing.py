@@ -99,7 +99,7 @@ def test_kd_probe_reports_every_layer_and_chance(tmp_path: Path, tiny_teacher_di
                                     "coordination_inversion"}
     built = [name for name, task in report["tasks"].items() if task["built"]]
     assert "sentence_length" in built and "bigram_shift" in built
-    for name, task in report["tasks"].items():
+    for task in report["tasks"].values():
         assert (0 < task["chance"] < 1) if task["built"] else task["reason"]
     assert [len(report["models"][m]["tasks"]["sentence_length"]) for m in ("teacher", "student-1")] == [5, 3]
     lines = (out / "tasks" / "bigram_shift.jsonl").read_text().splitlines()
