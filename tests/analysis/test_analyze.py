@@ -37,22 +37,33 @@ def test_analyze_writes_predictions_tables_and_figures(tmp_path: Path, tiny_teac
     for row in rows[:5]:
         with torch.no_grad():
             alone = torch.softmax(model(**tokenizer(row["text"], return_tensors="pt")).logits[0], -1)
-        torch.testing.assert_close(torch.tensor(row["student"]["probabilities"]), alone, atol=1e-5, rtol=1e-4)
-        assert row["student"]["predicted"] == int(alone.argmax())
+        torch.testing.assert_close(torch.tensor(row["models"]["student"]["probabilities"]), alone, atol=1e-5, rtol=1e-4)
+        assert row["models"]["student"]["predicted"] == int(alone.argmax())
     table = report["comparisons"]["student"]
     assert sum(table["counts"].values()) == 40
-    right = {name: sum(r[name]["predicted"] == r["gold"] for r in rows) for name in ("teacher", "student")}
+    right = {name: sum(r["models"][name]["predicted"] == r["gold"] for r in rows) for name in ("teacher", "student")}
     assert table["counts"]["both_right"] + table["counts"]["only_reference_right"] == right["teacher"]
     assert report["models"]["student"]["accuracy"] == pytest.approx(right["student"] / 40)
-    agree = sum(r["teacher"]["predicted"] == r["student"]["predicted"] for r in rows) / 40
+    agree = sum(r["models"]["teacher"]["predicted"] == r["models"]["student"]["predicted"] for r in rows) / 40
+    confusion = table["confusion"]["counts"]
+    assert sum(map(sum, confusion)) == 40 and sum(confusion[i][i] for i in range(2)) == round(agree * 40)
     assert table["agreement"] == pytest.approx(agree) == report["agreement"]["teacher"]["student"]
     for cell, shown in table["examples"].items():
         assert len(shown) == min(3, table["counts"][cell])
     wrong = table["examples"]["only_reference_right"]
-    assert [e["student"]["confidence"] for e in wrong] == sorted((e["student"]["confidence"] for e in wrong),
-                                                                 reverse=True)
+    shown = [e["models"]["student"]["confidence"] for e in wrong]
+    assert shown == sorted(shown, reverse=True)
     for figure in ("reliability.png", "confidence.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_models_can_be_given_one_option_each(tmp_path: Path, tiny_teacher_dir: Path, student_dir: Path,
+                                            sst2_dir: Path) -> None:
+    result = CliRunner().invoke(build_cli(), [
+        "analyze", "--models", str(tiny_teacher_dir), "--models", str(student_dir), "--data",
+        str(sst2_dir / "dev.tsv"), "--limit", "8", "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((tmp_path / "analysis.json").read_text())["models"]) == {"teacher", "student-1"}
 
 
 def test_bad_requests_fail_with_a_message(tmp_path: Path, tiny_teacher_dir: Path, sst2_dir: Path) -> None:

@@ -43,12 +43,21 @@ def test_edited_sentences_keep_their_contracts(sentences: list[str], tasks: dict
         originals = [s for s in corpus if sorted(s.split()) == sorted(words) and len(s.split()) == len(words)]
         assert any(sum(a != b for a, b in zip(s.split(), words, strict=True)) == 2 for s in originals)
     odd = tasks["odd_man_out"]
-    tags = {}
-    for p in parse(sentences):
-        for word, tag in zip(p.words, p.tags, strict=True):
-            tags.setdefault(word, set()).add(tag)
+    parsed = {" ".join(p.words): p for p in parse(sentences)}
+    frequency = Counter(w for p in parsed.values() for w in p.words)
     replaced = [t for t, label in zip(odd.texts, odd.labels, strict=True) if odd.classes[label] == "replaced"]
     assert replaced and all(t not in corpus for t in replaced)
+    def same_tag_similar_frequency(source, text: str) -> bool:
+        i = next(j for j, (a, b) in enumerate(zip(source.words, text.split(), strict=True)) if a != b)
+        new = text.split()[i]
+        return (source.tags[i][:2] in ("NN", "VB") and 0.5 <= frequency[new] / frequency[source.words[i]] <= 2
+                and any(p.tags[j] == source.tags[i] for p in parsed.values() for j, w in enumerate(p.words)
+                        if w == new))
+
+    for text in replaced:  # the text came from one of the corpus sentences it differs from in one word
+        sources = [p for s, p in parsed.items() if len(s.split()) == len(text.split())
+                   and sum(a != b for a, b in zip(s.split(), text.split(), strict=True)) == 1]
+        assert any(same_tag_similar_frequency(source, text) for source in sources), text
     lengths = tasks["sentence_length"]
     bins = {}
     for text, label in zip(lengths.texts, lengths.labels, strict=True):
@@ -58,14 +67,37 @@ def test_edited_sentences_keep_their_contracts(sentences: list[str], tasks: dict
     assert len(bins) >= 4 and max(bins.values()) < 0.5 * len(lengths.texts), "bins of roughly equal frequency"
 
 
+NOUNS = ("dog", "cat", "child", "farmer", "pilot", "singer", "doctor", "student", "baker", "nurse", "driver", "clerk")
+OBJECTS = ("ball", "car", "apple", "letter")
+
+
 def test_parser_tasks_read_tense_and_number() -> None:
-    written = ["the dogs chased the cat .", "the cat sleeps on the mat .", "my brothers ate the apples .",
-               "the child reads a book ."]
-    tense = [t for t in build_tasks(written * 25) if t.name in ("tense", "subject_number", "object_number")]
-    found = {t.name: {text: t.classes[label] for text, label in zip(t.texts, t.labels, strict=True)} for t in tense}
-    assert found["tense"] == {written[0]: "past", written[1]: "present", written[2]: "past", written[3]: "present"}
-    assert found["subject_number"][written[0]] == "plural" and found["subject_number"][written[1]] == "singular"
-    assert found["object_number"][written[2]] == "plural" and found["object_number"][written[3]] == "singular"
+    past_plural = [f"the {n}s chased the {o} ." for n in NOUNS for o in OBJECTS]
+    present_singular = [f"the {n} reads the {o}s ." for n in NOUNS for o in OBJECTS]
+    found = {t.name: {text: t.classes[label] for text, label in zip(t.texts, t.labels, strict=True)}
+             for t in build_tasks(past_plural + present_singular)}
+    for text in past_plural:
+        assert found["tense"].get(text, "past") == "past" and found["subject_number"].get(text, "plural") == "plural"
+        assert found["object_number"].get(text, "singular") == "singular"
+    for text in present_singular:
+        assert found["tense"].get(text, "present") == "present"
+        assert found["subject_number"].get(text, "singular") == "singular"
+        assert found["object_number"].get(text, "plural") == "plural"
+    assert len(found["tense"]) > 0.8 * 96 and len(found["subject_number"]) > 0.8 * 96, "the parser reads most"
+
+
+def test_coordination_inversion_swaps_two_clauses() -> None:
+    written = [f"The {n} drags , and the {o}s fall flat ." for n in NOUNS for o in OBJECTS]
+    task = next(t for t in build_tasks(written) if t.name == "coordination_inversion")
+    assert task.unbuilt is None and len(task.texts) > 0.8 * len(written)
+    for text, label in zip(task.texts, task.labels, strict=True):
+        if task.classes[label] == "original":
+            assert text in written
+        else:
+            first, _, second = text.removesuffix(" .").partition(" and ")
+            noun, obj = second.split()[1], first.split()[1]
+            assert f"The {noun} drags , and the {obj} fall flat ." in written
+            assert text == f"The {obj} fall flat and the {noun} drags ."
 
 
 def test_tasks_the_corpus_cannot_feed_are_named_with_a_reason() -> None:

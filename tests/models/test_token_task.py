@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -31,6 +32,53 @@ def test_entity_spans_follow_conlleval() -> None:
     pred = [["B-PER", "I-PER", "O", "B-ORG"], ["O"]]  # 1 right of 2 predicted and 3 expected
     assert entity_f1(pred, gold) == pytest.approx(2 * 1 / (2 + 3))
     assert entity_f1([["B-PER", "O"]], [["B-PER", "I-PER"]]) == 0.0, "a wrong end is a miss"
+    assert entity_spans(["B-PER", "B-PER", "O", "I-LOC", "I-PER"]) == {("PER", 0, 0), ("PER", 1, 1), ("LOC", 3, 3),
+                                                                      ("PER", 4, 4)}
+
+
+def test_measure_scores_each_words_tag_only(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    from kd_core.recipe import Recipe, measure
+    from kd_core.tasks import PreparedData
+
+    class Fixed(torch.nn.Module):
+        """Predicts tag 1 (B-company) everywhere; the config names the tags."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = type("Config", (), {"id2label": dict(enumerate(WNUT_TAGS))})()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    class Adaptor:
+        def run(self, model, batch, needs):
+            logits = torch.zeros(*batch["labels"].shape, len(WNUT_TAGS))
+            logits[..., 1] = 1
+            return {"logits": logits, "labels": batch["labels"], "logits_mask": batch["attention_mask"]}
+
+    # word tags: [B-company, O] and [B-company]; -100 marks special tokens and second pieces
+    batch = {"labels": torch.tensor([[-100, 1, -100, 0, -100], [-100, 1, -100, -100, -100]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
+    data = PreparedData(train=[0], eval=[0], collate=lambda _: batch)
+    recipe = Recipe.from_dict({"task": "token_classification", "data": {"train": {"path": "x", "text": "t"}},
+                               "teacher": {"model": "x"}, "training": {"num_steps": 1},
+                               "eval": {"metric": "entity_f1"}})
+    # predicted entities: (company, 0, 0), (company, 1, 1) in sentence 1 and (company, 0, 0) in 2; gold: 2 of them
+    assert measure(Fixed(), Adaptor(), data, recipe)["value"] == pytest.approx(2 * 2 / (3 + 2))
+    accuracy = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"metric": "accuracy"})})
+    assert measure(Fixed(), Adaptor(), data, accuracy)["value"] == pytest.approx(2 / 3)
+
+
+def test_words_cut_off_by_max_length_are_reported(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"tokens": ["word"] * 30, "tags": ["O"] * 30}) + "\n")
+    task = task_for_name("token_classification")
+    with pytest.warns(UserWarning, match="cuts off 22 words of 30"):
+        task.prepare_data(DataSpec(train=DataFile(path=str(path), text="tokens", label="tags"), max_length=10),
+                          ModelSpec(model=str(tiny_teacher_dir), labels=WNUT_TAGS), None)
+
+
+def test_a_trained_head_must_match_the_recipes_classes(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="was trained with the classes"):
+        task_for_name("sequence_classification").load_teacher(ModelSpec(model=str(tiny_teacher_dir), num_labels=3))
 
 
 def test_conll_file_reads_as_sentences(tmp_path: Path) -> None:

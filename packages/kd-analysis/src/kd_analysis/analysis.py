@@ -2,8 +2,10 @@
 
 For every model: its metric, mean confidence on right and wrong predictions, ECE and a
 reliability table. For every student against the reference (the first model, usually the
-teacher): how often they agree, a 2 x 2 table of who is right, and the most confident examples
-of each disagreement. Every model's prediction of every example goes to predictions.jsonl.
+teacher): how often they agree, a 2 x 2 table of who is right (both wrong split into the same
+and different wrong answers), the confusion of the two models' predictions, and the most
+confident examples of each cell. Every model's prediction of every example goes to
+predictions.jsonl.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from kd_core.metrics import compute_metric
 
 ANALYSIS_FILE = "analysis.json"
 PREDICTIONS_FILE = "predictions.jsonl"
-CELLS = ("both_right", "only_reference_right", "only_model_right", "both_wrong")
 
 
 def analyze(models: list[Predictions], texts: list[str], output_dir: Path, metric: str = "accuracy",
@@ -59,16 +60,23 @@ def compare(reference: Predictions, model: Predictions, texts: list[str], exampl
     ``examples`` cases in which the model (or, where only the model is right, the reference) was
     most confident."""
     right_r, right_m = reference.correct, model.correct
+    same = reference.predicted == model.predicted
     cells = {"both_right": right_r & right_m, "only_reference_right": right_r & ~right_m,
-             "only_model_right": ~right_r & right_m, "both_wrong": ~right_r & ~right_m}
-    table: dict[str, Any] = {"agreement": float((reference.predicted == model.predicted).float().mean()),
+             "only_model_right": ~right_r & right_m, "both_wrong_same": ~right_r & ~right_m & same,
+             "both_wrong_different": ~right_r & ~right_m & ~same}
+    classes = reference.probabilities.shape[1]
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    confusion.index_put_((reference.predicted, model.predicted), torch.ones_like(model.predicted), accumulate=True)
+    table: dict[str, Any] = {"agreement": float(same.float().mean()),
                              "counts": {cell: int(members.sum()) for cell, members in cells.items()},
+                             "confusion": {"rows": f"{reference.name} predicted", "columns": f"{model.name} predicted",
+                                           "counts": confusion.tolist()},
                              "examples": {}}
     for cell, members in cells.items():
         ranking = reference.confidence if cell == "only_model_right" else model.confidence
         chosen = sorted(members.nonzero().squeeze(-1).tolist(), key=lambda i: (-float(ranking[i]), i))[:examples]
         table["examples"][cell] = [{"index": i, "text": texts[i], "gold": int(reference.golds[i]),
-                                    reference.name: _guess(reference, i), model.name: _guess(model, i)}
+                                    "models": {reference.name: _guess(reference, i), model.name: _guess(model, i)}}
                                    for i in chosen]
     return table
 
@@ -84,9 +92,9 @@ def _mean(values: torch.Tensor) -> float | None:
 def _write_predictions(models: list[Predictions], texts: list[str], path: Path) -> None:
     lines = []
     for i, text in enumerate(texts):
-        row = {"index": i, "text": text, "gold": int(models[0].golds[i])}
+        row = {"index": i, "text": text, "gold": int(models[0].golds[i]), "models": {}}
         for model in models:
-            row[model.name] = {**_guess(model, i), "probabilities": [round(p, 6) for p in
-                                                                     model.probabilities[i].tolist()]}
+            row["models"][model.name] = {**_guess(model, i), "probabilities": [round(p, 6) for p in
+                                                                               model.probabilities[i].tolist()]}
         lines.append(json.dumps(row, ensure_ascii=False))
     write_text_atomic(path, "\n".join(lines) + "\n")

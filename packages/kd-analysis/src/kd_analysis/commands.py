@@ -83,7 +83,8 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
         counts = table["counts"]
         click.echo(f"{name} vs {report['reference']}: agree {table['agreement']:.3f}; "
                    f"only {report['reference']} right {counts['only_reference_right']}, "
-                   f"only {name} right {counts['only_model_right']}, both wrong {counts['both_wrong']}")
+                   f"only {name} right {counts['only_model_right']}, "
+                   f"both wrong {counts['both_wrong_same'] + counts['both_wrong_different']}")
     click.echo(f"written: {output / ANALYSIS_FILE}, predictions.jsonl, reliability.png, confidence.png")
 
 

@@ -68,8 +68,10 @@ def probing_figure(report: dict[str, Any], path: Path) -> None:
         axis.set(xlabel="relative depth", ylabel="accuracy", ylim=(0, 1))
     for axis in list(axes.flat)[len(tasks):]:
         axis.set_axis_off()
-    handles, labels = next(a for a in axes.flat if a.get_legend_handles_labels()[0]).get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=len(labels))
+    drawn = [a for a in axes.flat if a.get_legend_handles_labels()[0]]
+    if drawn:
+        handles, labels = drawn[0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="lower center", ncol=len(labels))
     figure.tight_layout(rect=(0, 0.05, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -112,7 +112,7 @@ def probe(task: Task, models: dict[str, str], tasks: list[ProbingTask], output: 
         labels = torch.tensor(t.labels)
         report["tasks"][t.name] = {**entry, "built": True, "classes": t.classes, "sentences": len(t.texts),
                                    "train": len(splits[t.name][0]), "test": len(splits[t.name][1]),
-                                   "chance": chance(labels, *splits[t.name])}
+                                   "chance": chance(labels, *splits[t.name]), "dropped_classes": t.dropped}
     bar = tqdm(total=len(models) * len(built), desc="probe", unit="task", disable=not progress)
     for name, path in models.items():
         spec = ModelSpec(model=path)
@@ -125,6 +125,6 @@ def probe(task: Task, models: dict[str, str], tasks: list[ProbingTask], output: 
             bar.update()
         report["models"][name] = {"path": path, "layers": len(next(iter(results.values()), [])), "tasks": results}
     bar.close()
-    probing_figure(report, output / "probing.png")
     write_text_atomic(output / PROBING_FILE, json.dumps(report, indent=2) + "\n")
+    probing_figure(report, output / "probing.png")
     return report

@@ -32,6 +32,10 @@ WORD_CONTENT_CLASSES = 20
 FUNCTION_WORDS = 50
 """``word_content`` skips the corpus's most frequent words, which are mostly function words."""
 TOP_PATTERNS = 10
+ODD_FREQUENCY = (0.5, 2.0)
+"""``odd_man_out`` replaces a word by one whose corpus frequency is within this ratio of its own."""
+MAX_DEPTH = 12
+"""``tree_depth`` puts every tree this deep or deeper in one class."""
 PAST, PRESENT = ("VBD",), ("VBP", "VBZ")
 
 
@@ -47,6 +51,8 @@ class ProbingTask:
     labels: list[int] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     unbuilt: str | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Classes left out for having fewer than MIN_PER_CLASS sentences, with their counts."""
 
 
 @dataclass
@@ -60,12 +66,20 @@ class Parsed:
 
     @property
     def root(self) -> int:
+        """The index of the (first) root word."""
         return self.deps.index("ROOT") if "ROOT" in self.deps else 0
 
+    @property
+    def single(self) -> bool:
+        """Whether the parser read the line as one sentence (one root)."""
+        return self.deps.count("ROOT") == 1
+
     def children(self, index: int) -> list[int]:
+        """The indices of the words whose head is word ``index``."""
         return [i for i, head in enumerate(self.heads) if head == index and i != index]
 
     def depth(self) -> int:
+        """The number of words on the longest path from the root down (a lone root has depth 1)."""
         def down(i: int) -> int:
             return 1 + max((down(c) for c in self.children(i)), default=0)
         return down(self.root)
@@ -86,7 +100,7 @@ def parse(sentences: Sequence[str], package: str = DEFAULT_PARSER) -> list[Parse
 
 def build_tasks(sentences: Sequence[str], seed: int = 0, parser: str = DEFAULT_PARSER) -> list[ProbingTask]:
     """Every probing task from ``sentences`` (non-empty ones), each with its own seeded choices."""
-    sentences = [s.strip() for s in sentences if s.strip()]
+    sentences = list(dict.fromkeys(s.strip() for s in sentences if s.strip()))  # a repeated line would leak
     parsed = parse(sentences, parser)
     builders: list[tuple[str, str, str, Callable[..., None]]] = [
         ("sentence_length", "surface", "number of words, in 6 bins of equal frequency", _sentence_length),
@@ -118,6 +132,7 @@ def _check_classes(task: ProbingTask) -> None:
         return
     counts = Counter(task.labels)
     kept = [c for c in range(len(task.classes)) if counts[c] >= MIN_PER_CLASS]
+    task.dropped = {task.classes[c]: counts[c] for c in range(len(task.classes)) if counts[c] < MIN_PER_CLASS}
     if len(kept) < 2:
         per_class = {name: counts[c] for c, name in enumerate(task.classes)}
         task.unbuilt = (f"the corpus gives {MIN_PER_CLASS} or more sentences to {len(kept)} of its classes, and a "
@@ -150,7 +165,7 @@ def _sentence_length(task: ProbingTask, sentences: list[str], parsed: list[Parse
 
 
 def _word_content(task: ProbingTask, sentences: list[str], parsed: list[Parsed], rng: random.Random) -> None:
-    frequency = Counter(w.lower() for s in sentences for w in set(s.split()))
+    frequency = Counter(w for s in sentences for w in {x.lower() for x in s.split()})
     ranked = [w for w, _ in frequency.most_common() if w.isalpha()]
     # past the most frequent words (function words), the next ones that enough sentences hold
     chosen = [w for w in ranked[FUNCTION_WORDS:] if frequency[w] >= MIN_PER_CLASS][:WORD_CONTENT_CLASSES]
@@ -166,12 +181,12 @@ def _bigram_shift(task: ProbingTask, sentences: list[str], parsed: list[Parsed],
     items = []
     for s in sentences:
         words = s.split()
-        if len(words) < 3:
+        # eligibility first, then the coin: which sentences take part must not depend on the label
+        pairs = [i for i in range(len(words) - 1) if words[i] != words[i + 1]]
+        if len(words) < 3 or not pairs:
             continue
         if rng.random() < 0.5:
-            i = rng.randrange(len(words) - 1)
-            if words[i] == words[i + 1]:
-                continue
+            i = rng.choice(pairs)
             words[i], words[i + 1] = words[i + 1], words[i]
             items.append((" ".join(words), "inverted"))
         else:
@@ -180,16 +195,20 @@ def _bigram_shift(task: ProbingTask, sentences: list[str], parsed: list[Parsed],
 
 
 def _tree_depth(task: ProbingTask, sentences: list[str], parsed: list[Parsed], rng: random.Random) -> None:
-    _labelled(task, [(s, f"{min(p.depth(), 12):02d}") for s, p in zip(sentences, parsed, strict=True)])
+    _labelled(task, [(s, f"{p.depth():02d}" if p.depth() < MAX_DEPTH else f"{MAX_DEPTH}+")
+                     for s, p in zip(sentences, parsed, strict=True) if p.single])
 
 
 def _top_constituents(task: ProbingTask, sentences: list[str], parsed: list[Parsed], rng: random.Random) -> None:
-    patterns = [" ".join(p.deps[c] for c in sorted(p.children(p.root))) or "-" for p in parsed]
-    common = {pattern for pattern, _ in Counter(patterns).most_common(TOP_PATTERNS)}
+    patterns = [" ".join(p.deps[c] for c in sorted(p.children(p.root))) or "-" if p.single else None
+                for p in parsed]
+    common = {pattern for pattern, _ in Counter(x for x in patterns if x).most_common(TOP_PATTERNS)}
     _labelled(task, [(s, pattern) for s, pattern in zip(sentences, patterns, strict=True) if pattern in common])
 
 
 def _main_verb_tense(p: Parsed) -> str | None:
+    if not p.single:
+        return None
     for i in [p.root, *(c for c in p.children(p.root) if p.deps[c] in ("aux", "auxpass"))]:
         if p.tags[i] in PAST:
             return "past"
@@ -203,6 +222,8 @@ def _tense(task: ProbingTask, sentences: list[str], parsed: list[Parsed], rng: r
 
 
 def _number_of(p: Parsed, relations: tuple[str, ...]) -> str | None:
+    if not p.single:
+        return None
     for c in p.children(p.root):
         if p.deps[c] in relations:
             if p.tags[c] in ("NN", "NNP"):
@@ -232,19 +253,18 @@ def _odd_man_out(task: ProbingTask, sentences: list[str], parsed: list[Parsed], 
                     by_tag[tag].append(word)
     items = []
     for s, p in zip(sentences, parsed, strict=True):
+        # eligibility first, then the coin: which sentences take part must not depend on the label
+        spots = {i: similar for i, tag in enumerate(p.tags) if tag in by_tag and p.words[i].isalpha()
+                 and (similar := [w for w in by_tag[tag] if w != p.words[i]
+                                  and ODD_FREQUENCY[0] <= frequency[w] / frequency[p.words[i]] <= ODD_FREQUENCY[1]])}
+        if not spots:
+            continue
         if rng.random() >= 0.5:
             items.append((s, "original"))
             continue
-        spots = [i for i, tag in enumerate(p.tags) if tag in by_tag and p.words[i].isalpha()]
-        if not spots:
-            continue
-        i = rng.choice(spots)
-        similar = [w for w in by_tag[p.tags[i]] if w != p.words[i]
-                   and 0.5 <= frequency[w] / frequency[p.words[i]] <= 2]
-        if not similar:
-            continue
+        i = rng.choice(sorted(spots))
         words = list(p.words)
-        words[i] = rng.choice(similar)
+        words[i] = rng.choice(spots[i])
         items.append((" ".join(words), "replaced"))
     _labelled(task, items)
 
@@ -253,18 +273,37 @@ def _coordination_inversion(task: ProbingTask, sentences: list[str], parsed: lis
                             rng: random.Random) -> None:
     items = []
     for s, p in zip(sentences, parsed, strict=True):
+        if not p.single:
+            continue
         children = p.children(p.root)
         cc = [c for c in children if p.deps[c] == "cc"]
-        conj = [c for c in children if p.deps[c] == "conj" and p.tags[c].startswith("VB")]
+        # two clauses: the coordinated verb has a subject of its own
+        conj = [c for c in children if p.deps[c] == "conj" and p.tags[c].startswith("VB")
+                and any(p.deps[g] in ("nsubj", "nsubjpass") for g in p.children(c))]
         if len(cc) != 1 or not conj or cc[0] > conj[0]:
             continue
         words = list(p.words)
         end = len(words) - 1 if p.deps[-1] == "punct" else len(words)
         first, second = words[:cc[0]], words[cc[0] + 1:end]
+        if first and first[-1] == ",":
+            first = first[:-1]
         if not first or not second:
             continue
         if rng.random() < 0.5:
-            items.append((" ".join([*second, words[cc[0]], *first, *words[end:]]), "inverted"))
+            items.append((" ".join(_recase([*second, words[cc[0]], *first], len(second) + 1) + words[end:]),
+                          "inverted"))
         else:
             items.append((s, "original"))
     _labelled(task, items)
+
+
+def _recase(words: list[str], moved: int) -> list[str]:
+    """After moving the clause that began the sentence to position ``moved``: capitalise the new
+    first word if the old one was, and lower the old one (``I`` stays), so case gives nothing away."""
+    if not words[moved][:1].isupper():
+        return words
+    out = list(words)
+    out[0] = out[0][:1].upper() + out[0][1:]
+    if out[moved] != "I":
+        out[moved] = out[moved][:1].lower() + out[moved][1:]
+    return out

@@ -33,7 +33,8 @@ def read_records(path: Path, limit: int | None = None, format: str = "auto", whe
     """Every row of a TSV/CSV/JSONL file as a dict of all its columns, in file order. A TSV/CSV
     without a header row (CoLA's) needs its column names as ``columns``. A CoNLL file (one
     ``token<TAB>tag`` per line, a blank line between sentences; WNUT-16's) gives one row per
-    sentence with the lists ``tokens`` and ``tags`` (or the two names in ``columns``). The first
+    sentence with the lists ``tokens`` and ``tags`` (or the two names in ``columns``); fields may be
+    separated by tabs or spaces, the tag is the last, ``-DOCSTART-`` lines are skipped. The first
     ``skip`` rows are passed over (a held-out part of a file that has no dev split)."""
     kind = FORMATS.get(path.suffix.lower()) if format == "auto" else format
     if kind is None:
@@ -70,7 +71,9 @@ def _conll_sentences(lines: Any, columns: list[str], path: Path, where: str) -> 
                 yield {columns[0]: tokens, columns[1]: tags}
             tokens, tags = [], []
             continue
-        parts = line.rstrip("\r\n").split("\t")
+        parts = line.split()
+        if parts[0] == "-DOCSTART-":
+            continue
         if len(parts) < 2:
             raise ConfigError(f"{where}: {path.name} line {number} is not 'token<TAB>tag': {line.strip()!r}")
         tokens.append(parts[0])

@@ -601,13 +601,15 @@ def measure(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Reci
                         collate_fn=data.collate)
     needs = FeatureNeeds({"logits": set()})
     predictions, golds, times = [], [], []
+    token_level = None
     for batch in loader:
         batch = to_device(batch, device)
         start = time.perf_counter()
         features = adaptor.run(model, batch, needs)
         times.append((time.perf_counter() - start) * 1000)
         predicted, labels = features["logits"].argmax(-1).cpu(), features["labels"].cpu()
-        if predicted.dim() == 1:
+        token_level = predicted.dim() == 2
+        if not token_level:
             predictions.append(predicted)
             golds.append(labels)
             continue
@@ -620,6 +622,9 @@ def measure(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Reci
         golds.extend(g[k] for g, k in zip(labels, keep, strict=True))
     model.train(was_training)
     if recipe.eval.metric == "entity_f1":
+        if token_level is False:
+            raise ConfigError("eval.metric entity_f1 scores tag sequences; this model gives one label per example "
+                              "(use it with task token_classification)")
         names = _label_names(model)
         value = entity_f1([[names[int(i)] for i in p] for p in predictions],
                           [[names[int(i)] for i in g] for g in golds])
@@ -634,11 +639,12 @@ def measure(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Reci
 
 
 def _label_names(model: nn.Module) -> dict[int, str]:
-    names = getattr(getattr(model, "config", None), "id2label", None)
-    if not names:
-        raise ConfigError("eval.metric entity_f1 reads the tag names from the model's config.id2label, and this "
-                          "model has none; give the teacher its tags (teacher.labels)")
-    return {int(i): name for i, name in names.items()}
+    names = {int(i): name for i, name in (getattr(getattr(model, "config", None), "id2label", None) or {}).items()}
+    wrong = [name for name in names.values() if name != "O" and not name.startswith(("B-", "I-"))]
+    if not names or wrong:
+        raise ConfigError(f"eval.metric entity_f1 reads BIO tags (O, B-type, I-type) from the model's config.id2label, "
+                          f"which has {list(names.values())[:5]}...; give the teacher its tags (teacher.labels)")
+    return names
 
 
 def _retention(student: float, teacher: float) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ class PadCollator:
             labels = [e["labels"] for e in examples]
             if isinstance(labels[0], list):
                 width = batch["input_ids"].shape[1]
-                labels = [row + [-100] * (width - len(row)) for row in labels]
+                left = self.tokenizer.padding_side == "left"
+                labels = [[-100] * (width - len(row)) + row if left else row + [-100] * (width - len(row))
+                          for row in labels]
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
         if TEACHER_LOGITS in examples[0]:
             batch[TEACHER_LOGITS] = collate_teacher_logits([e[TEACHER_LOGITS] for e in examples],
@@ -66,22 +69,37 @@ class PadCollator:
         return batch
 
 
-def _label_settings(spec: ModelSpec) -> dict[str, Any]:
-    """from_pretrained arguments that give a model the spec's classes (a saved head of another
-    size is replaced by a new one)."""
+def _label_settings(spec: ModelSpec, path: str, head: str) -> dict[str, Any]:
+    """from_pretrained arguments that give a model the spec's classes.
+
+    A checkpoint already trained with a ``head`` (``ForTokenClassification``, ...) must agree with
+    the spec: its number of classes, and their names when the spec names them. A checkpoint
+    without one (a bare encoder, or a head for another task) gets a new head of the spec's size.
+    """
+    if spec.labels is None and spec.num_labels is None:
+        return {}
+    settings: dict[str, Any] = {"num_labels": spec.num_labels or len(spec.labels)}
     if spec.labels is not None:
-        return {"num_labels": len(spec.labels), "id2label": dict(enumerate(spec.labels)),
-                "label2id": {name: i for i, name in enumerate(spec.labels)}, "ignore_mismatched_sizes": True}
-    return {"num_labels": spec.num_labels, "ignore_mismatched_sizes": True} if spec.num_labels else {}
+        settings.update(id2label=dict(enumerate(spec.labels)), label2id={n: i for i, n in enumerate(spec.labels)})
+    config = AutoConfig.from_pretrained(path)
+    if not any(a.endswith(head) for a in config.architectures or []):
+        return {**settings, "ignore_mismatched_sizes": True}
+    saved = [config.id2label[i] for i in sorted(config.id2label)]
+    if config.num_labels != settings["num_labels"] or (spec.labels is not None and saved != list(spec.labels)):
+        raise ConfigError(f"teacher {spec.model!r} was trained with the classes {saved}; the recipe asks for "
+                          f"{spec.labels or settings['num_labels']}. Drop teacher.num_labels/labels to use its own")
+    return settings
 
 
 class SequenceClassificationTask:
     """``sequence_classification``: one label per text or text pair (SST-2, CoLA, MNLI, ...)."""
 
     auto_class: Any = AutoModelForSequenceClassification
+    head = "ForSequenceClassification"
 
     def load_teacher(self, spec: ModelSpec) -> nn.Module:
-        return self.auto_class.from_pretrained(resolve_model_path(spec.model), **_label_settings(spec))
+        path = resolve_model_path(spec.model)
+        return self.auto_class.from_pretrained(path, **_label_settings(spec, path, self.head))
 
     def build_student(self, spec: StudentSpec, teacher: nn.Module) -> nn.Module:
         if spec.model is not None:
@@ -151,7 +169,7 @@ class SequenceClassificationTask:
 
 
 class TokenClassificationTask(SequenceClassificationTask):
-    """``token_classification``: one tag per word (named entities: WNUT-16, CoNLL-2003).
+    """``token_classification``: one tag per word (named entities: WNUT-16, CoNLL-2003 style files).
 
     ``data.text`` names a column of words (a list, or a string split on whitespace) and
     ``data.label`` a column of their tags, as a CoNLL file (``format: conll``) or JSON lines give
@@ -162,6 +180,7 @@ class TokenClassificationTask(SequenceClassificationTask):
     """
 
     auto_class = AutoModelForTokenClassification
+    head = "ForTokenClassification"
 
     def _dataset(self, spec: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None,
                  where: str, teacher_spec: ModelSpec) -> TokenizedDataset:
@@ -176,18 +195,23 @@ class TokenClassificationTask(SequenceClassificationTask):
         encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
         label2id = ({name: i for i, name in enumerate(teacher_spec.labels)} if teacher_spec.labels is not None
                     else dict(AutoConfig.from_pretrained(resolve_model_path(teacher_spec.model)).label2id))
-        examples = []
+        examples, cut = [], 0
         for i, row in enumerate(rows):
             example = {k: v[i] for k, v in encoded.items()}
+            cut += len(words[i]) - (max((w for w in encoded.word_ids(i) if w is not None), default=-1) + 1)
             if spec.label is not None:
                 example["labels"] = _token_labels(row[spec.label], encoded.word_ids(i), words[i], label2id,
                                                   f"{where}: {path.name} row {i + 1}")
             if spec.teacher_logits is not None:
                 example[TEACHER_LOGITS] = row[spec.teacher_logits]
             examples.append(example)
+        if cut:
+            warnings.warn(f"{where}: data.max_length {max_length} cuts off {cut} words of {sum(map(len, words))}; "
+                          "their tags are neither learned nor scored (raise max_length to keep them)", stacklevel=2)
         return TokenizedDataset(examples)
 
     def build_multitask_student(self, spec: StudentSpec, teachers: dict[str, nn.Module]) -> nn.Module:
+        """Refused: multi-head students have sequence-classification heads only."""
         raise ConfigError("task: multi-task recipes take sequence_classification tasks only")
 
 
