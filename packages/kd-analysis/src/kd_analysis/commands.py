@@ -119,7 +119,8 @@ def probe_command(models: tuple[str, ...], names: str | None, corpus: Path, outp
     tasks = build_tasks([str(row[text_column]) for row in rows], seed)
     report = probe(task_for_name(task), dict(zip(labels, models, strict=True)), tasks, output, seed, max_length,
                    batch_size, device, not quiet)
-    click.echo(f"{'task':<24}{'chance':>8}" + "".join(f"{name:>16}" for name in labels) + "   (best layer)")
+    width = max(16, *(len(name) + 2 for name in labels))
+    click.echo(f"{'task':<24}{'chance':>8}" + "".join(f"{name:>{width}}" for name in labels) + "   (best layer)")
     for name, entry in report["tasks"].items():
         if not entry["built"]:
             click.echo(f"{name:<24}not built: {entry['reason']}")
@@ -129,7 +130,7 @@ def probe_command(models: tuple[str, ...], names: str | None, corpus: Path, outp
             scores = report["models"][model]["tasks"][name]
             best = max(range(len(scores)), key=scores.__getitem__)
             cells.append(f"{scores[best]:.3f} (L{best})")
-        click.echo(f"{name:<24}{entry['chance']:>8.3f}" + "".join(f"{c:>16}" for c in cells))
+        click.echo(f"{name:<24}{entry['chance']:>8.3f}" + "".join(f"{c:>{width}}" for c in cells))
     click.echo(f"written: {output / PROBING_FILE}, probing.png, tasks/")
 
 
