@@ -66,10 +66,8 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
                     quiet: bool) -> None:
     """Predictions, mistakes, agreement and calibration of a teacher and its students on DATA."""
     labels = _model_names(names, models)
-    columns = list(text_columns)
-    data = DataFile(path=str(resolve_path(data_path, None, "--data")),
-                    text=columns[0] if len(columns) == 1 else columns, label=label_column, limit=limit,
-                    columns=header.split(",") if header else None)
+    data = DataFile(path=str(resolve_path(data_path, None, "--data")), text=list(text_columns), label=label_column,
+                    limit=limit, columns=header.split(",") if header else None)
     registered = task_for_name(task)
     predictions = [predict(registered, name, model, data, max_length, batch_size, device, not quiet)
                    for name, model in zip(labels, models, strict=True)]

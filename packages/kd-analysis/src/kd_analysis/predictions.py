@@ -3,15 +3,17 @@ tokenizer."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kd_core.errors import ConfigError
-from kd_core.features import FeatureNeeds, to_device
+from kd_core.features import FeatureNeeds, Features, to_device
 from kd_core.recipe import DataFile, DataSpec, ModelSpec
 from kd_core.tasks import Task
 
@@ -48,19 +50,28 @@ def predict(task: Task, name: str, model: str, data: DataFile, max_length: int =
         raise ConfigError("kd analyze compares predictions with gold labels; give the label column")
     spec = ModelSpec(model=model)
     network = task.load_teacher(spec).to(device).eval()
-    prepared = task.prepare_data(DataSpec(train=data, max_length=max_length), spec, None)
-    adaptor = task.adaptor(network)
-    needs = FeatureNeeds({"logits": set()})
     probabilities, golds = [], []
-    loader = DataLoader(prepared.train, batch_size=batch_size, collate_fn=prepared.collate)
-    for batch in tqdm(loader, desc=f"predict {name}", unit="batch", disable=not progress):
-        logits = adaptor.run(network, to_device(batch, device), needs)["logits"]
+    for batch, features in run_over(task, network, spec, data, FeatureNeeds({"logits": set()}), max_length,
+                                    batch_size, device, f"predict {name}" if progress else None):
+        logits = features["logits"]
         if logits.dim() != 2:
             raise ConfigError(f"{name}: kd analyze reads one prediction per example; this model gives "
                               f"per-token logits of shape {tuple(logits.shape)}")
         probabilities.append(torch.softmax(logits.float(), -1).cpu())
-        golds.append(batch["labels"])
+        golds.append(batch["labels"].cpu())
     return Predictions(name, torch.cat(probabilities), torch.cat(golds))
+
+
+def run_over(task: Task, model: nn.Module, spec: ModelSpec, data: DataFile, needs: FeatureNeeds, max_length: int,
+             batch_size: int, device: str, progress: str | None = None) -> Iterator[tuple[Any, Features]]:
+    """Each batch of ``data`` as ``spec``'s tokenizer reads it (on ``device``), with the features
+    ``model`` gives for ``needs``; ``progress`` names a progress bar."""
+    prepared = task.prepare_data(DataSpec(train=data, max_length=max_length), spec, None)
+    adaptor = task.adaptor(model)
+    loader = DataLoader(prepared.train, batch_size=batch_size, collate_fn=prepared.collate)
+    for batch in tqdm(loader, desc=progress, unit="batch", disable=progress is None):
+        batch = to_device(batch, device)
+        yield batch, adaptor.run(model, batch, needs)
 
 
 def texts_of(rows: list[dict[str, Any]], data: DataFile) -> list[str]:

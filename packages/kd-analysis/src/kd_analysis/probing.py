@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kd_analysis.plots import probing_figure
+from kd_analysis.predictions import run_over
 from kd_analysis.probing_tasks import ProbingTask
 from kd_core.checkpoint import write_text_atomic
-from kd_core.features import FeatureNeeds, to_device
-from kd_core.recipe import DataFile, DataSpec, ModelSpec
+from kd_core.features import FeatureNeeds
+from kd_core.recipe import DataFile, ModelSpec
 from kd_core.tasks import Task
 
 PROBING_FILE = "probing.json"
@@ -54,13 +54,10 @@ def write_task_file(task: ProbingTask, directory: Path) -> Path:
 def layer_representations(task: Task, model: Any, spec: ModelSpec, path: Path, max_length: int = 128,
                           batch_size: int = 64, device: str = "cpu") -> list[torch.Tensor]:
     """Per layer, the [N, D] mean of ``model``'s hidden states over each sentence's real tokens."""
-    prepared = task.prepare_data(DataSpec(train=DataFile(path=str(path), text="text", label="label"),
-                                          max_length=max_length), spec, None)
-    adaptor = task.adaptor(model)
     needs = FeatureNeeds({"hidden": {0}})  # adaptors return every layer's hidden states
     layers: list[list[torch.Tensor]] = []
-    for batch in DataLoader(prepared.train, batch_size=batch_size, collate_fn=prepared.collate):
-        features = adaptor.run(model, to_device(batch, device), needs)
+    data = DataFile(path=str(path), text="text", label="label")
+    for _, features in run_over(task, model, spec, data, needs, max_length, batch_size, device):
         mask = features["inputs_mask"].unsqueeze(-1).float()
         pooled = [(h.float() * mask).sum(1) / mask.sum(1).clamp(min=1) for h in features["hidden"]]
         if not layers:

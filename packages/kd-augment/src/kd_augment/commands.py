@@ -10,15 +10,17 @@ from typing import Any
 import click
 import yaml
 
-from kd_core.augmentation import augment_rows, build_augmenter
-from kd_core.data import read_records, resolve_path
+from kd_core.augmentation import augment_file
+from kd_core.data import resolve_path
 from kd_core.labelling import label_file
 from kd_core.recipe import DataFile, ModelSpec, task_for_name
-from kd_core.resumable import file_fingerprint
 
-RUN_ONLY_OPTIONS = ("device", "progress")
-"""Augmenter options that do not change what is written, left out of the resume check (a run
-started on a CPU may be finished on a GPU)."""
+
+def _with_options(options: list[Any], function: Any) -> Any:
+    """``function`` decorated with ``options``, first option first."""
+    for option in reversed(options):
+        function = option(function)
+    return function
 
 
 def _input_options(function: Any) -> Any:
@@ -37,9 +39,7 @@ def _input_options(function: Any) -> Any:
         click.option("--overwrite", is_flag=True, help="Start OUTPUT afresh instead of resuming it."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+    return _with_options(options, function)
 
 
 def _augment_options(function: Any) -> Any:
@@ -51,9 +51,7 @@ def _augment_options(function: Any) -> Any:
         click.option("--option", "-O", "raw_options", multiple=True, metavar="KEY=VALUE",
                      help="An option of the augmenter (value parsed as YAML), e.g. -O p_mask=0.2."),
     ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+    return _with_options(options, function)
 
 
 @click.group("augment")
@@ -119,13 +117,10 @@ def generate_command(model: str | None, gguf_file: str | None, n: int, batch_siz
 def _run(name: str, options: dict[str, Any], n: int, input_path: Path, text_columns: tuple[str, ...], output: Path,
          limit: int | None, file_format: str, header: list[str] | None, overwrite: bool, quiet: bool, seed: int,
          keep_original: bool, batch_size: int = 32) -> None:
-    rows = read_records(input_path, limit, file_format, "INPUT", header)
-    settings = {"input": file_fingerprint(input_path), "limit": limit, "augmenter": name,
-                "options": {k: v for k, v in options.items() if k not in RUN_ONLY_OPTIONS}}
-    result = augment_rows(rows, text_columns, lambda: build_augmenter(name, options), output, n=n, seed=seed,
-                          keep_original=keep_original, settings=settings, overwrite=overwrite, progress=not quiet,
-                          batch_size=batch_size)
-    click.echo(f"{output}: {result.rows} rows, {result.new} of them new, from {len(rows)} input rows")
+    result = augment_file(input_path, text_columns, name, options, output, n=n, seed=seed,
+                          keep_original=keep_original, limit=limit, format=file_format, header=header,
+                          overwrite=overwrite, progress=not quiet, batch_size=batch_size)
+    click.echo(f"{output}: {result.rows} rows, {result.new} of them new, from {result.inputs} input rows")
 
 
 @augment_group.command("label")
@@ -145,10 +140,8 @@ def label_command(input_path: Path, text_columns: tuple[str, ...], output: Path,
                   header: list[str] | None, overwrite: bool, quiet: bool, teacher: str, task: str,
                   top_k: int | None, batch_size: int, max_length: int, cache_dir: Path | None, device: str) -> None:
     """Write every row of INPUT with the teacher's logits (``teacher_logits``)."""
-    columns = list(text_columns)
-    data = DataFile(path=str(resolve_path(input_path, None, "INPUT")),
-                    text=columns[0] if len(columns) == 1 else columns, limit=limit, format=file_format,
-                    columns=header)
+    data = DataFile(path=str(resolve_path(input_path, None, "INPUT")), text=list(text_columns), limit=limit,
+                    format=file_format, columns=header)
     written = label_file(task_for_name(task), ModelSpec(model=teacher), data, output, max_length=max_length,
                          batch_size=batch_size, top_k=top_k, cache_dir=cache_dir, device=device,
                          overwrite=overwrite, progress=not quiet)

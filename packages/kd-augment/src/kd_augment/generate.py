@@ -107,6 +107,11 @@ class CausalLMGenerator:
             raise ConfigError("augmenter 'generate': the causal LM's tokenizer has no end-of-sequence token")
         return eos
 
+    @property
+    def _rng_devices(self) -> list[torch.device]:
+        """The devices whose random state a seeded step sets (and restores afterwards)."""
+        return [self.device] if self.device.type == "cuda" else []
+
     def fit(self, texts: Sequence[str], work_dir: Path, seed: int = 0) -> None:
         """Fine-tune on ``texts`` with data order and dropout fixed by ``seed`` (or load the model
         an earlier run of the same settings fine-tuned into ``work_dir``) and count the
@@ -116,8 +121,7 @@ class CausalLMGenerator:
             self.model, self.tokenizer = load_causal_lm(str(saved))
         else:
             self.model, self.tokenizer = load_causal_lm(self.source, self.gguf_file)
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=self._rng_devices):
                 torch.manual_seed(seed)
                 self._fine_tune(texts, seed)
             _save_atomically(self.model, self.tokenizer, saved)
@@ -160,8 +164,7 @@ class CausalLMGenerator:
         firsts, weights = zip(*sorted(self.first_tokens.items()), strict=True)
         prefixes = random.Random(seed).choices(firsts, weights=weights, k=count)
         ids = torch.tensor([[self.separator, first] for first in prefixes], device=self.device)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=self._rng_devices):
             torch.manual_seed(seed)
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                       top_p=self.top_p, top_k=0, temperature=self.temperature,

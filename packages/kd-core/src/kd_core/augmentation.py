@@ -29,9 +29,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
+from kd_core.data import read_records
 from kd_core.errors import ConfigError
 from kd_core.plugins import lookup
-from kd_core.resumable import ResumableJsonl
+from kd_core.resumable import ResumableJsonl, file_fingerprint
 
 AUGMENTED = "augmented"
 SOURCE_ROW = "source_row"
@@ -42,6 +43,9 @@ ROWS_PER_UNIT = 16
 """Input rows written per resumable unit (each unit saves progress once)."""
 BATCHES_WITHOUT_NEW_ROWS = 20
 """A corpus augmenter stops after this many batches in a row that give no new row."""
+RUN_ONLY_OPTIONS = ("device", "progress")
+"""Augmenter options that do not change what is written, left out of the resume check (a run
+started on a CPU may be finished on a GPU)."""
 WORK_SUFFIX = ".work"
 """A corpus augmenter keeps what a resumed run reuses (a fine-tuned model) in ``OUT.work/``,
 which is removed when the file is complete."""
@@ -73,10 +77,12 @@ class CorpusAugmenter(Protocol):
 
 @dataclass(frozen=True)
 class AugmentResult:
-    """What an augmentation wrote: every row of the file, and how many of them are new."""
+    """What an augmentation wrote: every row of the file, how many of them are new, and how many
+    input rows they came from."""
 
     rows: int
     new: int
+    inputs: int
 
 
 def build_augmenter(name: str, options: dict[str, Any], where: str = "augmenter") -> Any:
@@ -89,6 +95,22 @@ def build_augmenter(name: str, options: dict[str, Any], where: str = "augmenter"
         return factory(**options)
     except TypeError as exc:
         raise ConfigError(f"{where} {name!r}: {exc}") from None
+
+
+def augment_file(path: Path, text_columns: Sequence[str], name: str, options: dict[str, Any], output: str | Path,
+                 *, n: int, seed: int = 0, keep_original: bool = True, limit: int | None = None, skip: int = 0,
+                 format: str = "auto", header: list[str] | None = None, overwrite: bool = False,
+                 progress: bool = True, batch_size: int = 32, where: str = "augmenter") -> AugmentResult:
+    """Grow the rows of the file at ``path`` (read as :func:`~kd_core.data.read_records` does)
+    with the registered augmenter ``name`` and its ``options``; see :func:`augment_rows`. The
+    resume check covers the file's content, how it is read and every option that changes what
+    is written."""
+    rows = read_records(path, limit, format, "augment input", header, skip)
+    settings = {"input": file_fingerprint(path), "limit": limit, "skip": skip, "format": format, "header": header,
+                "augmenter": name, "options": {k: v for k, v in options.items() if k not in RUN_ONLY_OPTIONS}}
+    return augment_rows(rows, text_columns, lambda: build_augmenter(name, options, where), output, n=n, seed=seed,
+                        keep_original=keep_original, settings=settings, overwrite=overwrite, progress=progress,
+                        batch_size=batch_size)
 
 
 def augment_rows(rows: Sequence[dict[str, Any]], text_columns: Sequence[str], make_augmenter: Callable[[], Any],
@@ -123,20 +145,20 @@ def augment_rows(rows: Sequence[dict[str, Any]], text_columns: Sequence[str], ma
                      work_dir / stream.fingerprint[:16])
             stream.finish()
             shutil.rmtree(work_dir, ignore_errors=True)
-        return AugmentResult(stream.written, sum(1 for record in stream.records() if record[AUGMENTED]))
+        return AugmentResult(stream.written, sum(1 for record in stream.records() if record[AUGMENTED]), len(rows))
 
 
 def _augment(rows: Sequence[dict[str, Any]], columns: list[str], augmenter: Any, stream: ResumableJsonl, n: int,
              seed: int, keep_original: bool, progress: bool, batch_size: int, work_dir: Path) -> None:
-    seen = {_key(record, columns) for record in stream.records()}
-    originals = {_key(row, columns) for row in rows}
-    seen |= originals
+    written = list(stream.records())
+    seen = {_key(record, columns) for record in [*written, *rows]}
     if isinstance(augmenter, ExampleAugmenter):
         _augment_each(rows, columns, augmenter, stream, seen, n, seed, keep_original, progress)
     elif isinstance(augmenter, CorpusAugmenter):
         if len(columns) != 1:
             raise ConfigError(f"augment: {type(augmenter).__name__} writes single texts, not pairs")
-        _augment_corpus(rows, columns[0], augmenter, stream, seen, n, seed, keep_original, progress, batch_size,
+        new = sum(1 for record in written if record[AUGMENTED])
+        _augment_corpus(rows, columns[0], augmenter, stream, seen, new, n, seed, keep_original, progress, batch_size,
                         work_dir)
     else:
         raise ConfigError(f"augment: {type(augmenter).__name__} is neither an ExampleAugmenter (variants) "
@@ -176,12 +198,11 @@ def _augment_each(rows: Sequence[dict[str, Any]], columns: list[str], augmenter:
 
 
 def _augment_corpus(rows: Sequence[dict[str, Any]], column: str, augmenter: CorpusAugmenter, stream: ResumableJsonl,
-                    seen: set, n: int, seed: int, keep_original: bool, progress: bool, batch_size: int,
+                    seen: set, new: int, n: int, seed: int, keep_original: bool, progress: bool, batch_size: int,
                     work_dir: Path) -> None:
     augmenter.fit([str(row[column]) for row in rows], work_dir, seed)
     if stream.units_done == 0:
         stream.write_unit([{**row, AUGMENTED: False} for row in rows] if keep_original else [])
-    new = sum(1 for record in stream.records() if record[AUGMENTED])
     bar = tqdm(total=n, initial=new, desc="generate", unit="text", disable=not progress)
     fruitless = 0
     while new < n:

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kd_core.augmentation import augment_rows, build_augmenter
+from kd_core.augmentation import augment_file
 from kd_core.checkpoint import write_text_atomic
 from kd_core.config import ConfigModel, DistillationConfig, TrainingConfig
 from kd_core.data import read_records, resolve_path
@@ -32,7 +32,6 @@ from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, to_device
 from kd_core.labelling import label_file
 from kd_core.metrics import compute_metric, entity_f1
 from kd_core.plugins import lookup
-from kd_core.resumable import file_fingerprint
 from kd_core.tasks import PreparedData, Task
 
 REPORT_FILE = "report.json"
@@ -462,16 +461,12 @@ def transfer_set(task: Task, recipe: Recipe, output_dir: Path, base_dir: Path | 
         raise ConfigError("data.augment: under torchrun every process would write the transfer set; prepare it "
                           "first (kd augment ..., then kd augment label) and give it as data.augment.path")
     if augment.path is None:
-        path = resolve_path(train.path, base_dir, "data.train.path")
         augmenter = augment.spec
-        augment_rows(read_records(path, train.limit, train.format, "data.train", train.columns, train.skip),
-                     train.text_columns,
-                     lambda: build_augmenter(augmenter.name, augmenter.options, "data.augment.augmenter"),
-                     directory / "augmented.jsonl", n=augment.n, seed=augment.seed,
-                     keep_original=augment.keep_original, batch_size=augment.batch_size,
-                     settings={"input": file_fingerprint(path), "limit": train.limit, "skip": train.skip,
-                               "augmenter": augmenter.name,
-                               "options": augmenter.options}, progress=recipe.training.progress)
+        augment_file(resolve_path(train.path, base_dir, "data.train.path"), train.text_columns, augmenter.name,
+                     augmenter.options, directory / "augmented.jsonl", n=augment.n, seed=augment.seed,
+                     keep_original=augment.keep_original, limit=train.limit, skip=train.skip, format=train.format,
+                     header=train.columns, progress=recipe.training.progress, batch_size=augment.batch_size,
+                     where="data.augment.augmenter")
         source = DataFile(path=str(directory / "augmented.jsonl"), text=train.text)
     labelled = directory / "labelled.jsonl"
     label_file(task, recipe.primary_teacher, source, labelled, max_length=spec.max_length,

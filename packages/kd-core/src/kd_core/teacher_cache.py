@@ -233,8 +233,7 @@ class TeacherCache:
         or with ``top_k`` the parts of :func:`compress_logits` (:func:`logits_from_parts` rebuilds
         them). ``compute()`` must return at least the teacher's logits."""
         entries, _ = self._entries(batch, FeatureNeeds({"logits": set()}), compute)
-        return [{k.split(".", 1)[-1]: v for k, v in e.tensors.items() if k.split(".")[0] == "logits"}
-                for e in entries]
+        return [_logit_parts(e) for e in entries]
 
     def _entries(self, batch: Mapping[str, Any], needs: FeatureNeeds,
                  compute: Callable[[], Features]) -> tuple[list[_Entry], list[torch.Tensor | None]]:
@@ -279,8 +278,7 @@ class TeacherCache:
                   length: int | None, device: torch.device) -> Features:
         features: Features = {}
         if "logits" in needs:
-            rows = [logits_from_parts({k.split(".", 1)[-1]: v for k, v in e.tensors.items()
-                                       if k.split(".")[0] == "logits"}) for e in entries]
+            rows = [logits_from_parts(_logit_parts(e)) for e in entries]
             features["logits"] = stack_logits(rows, reals, length).to(device)
         for feature in PER_LAYER:
             if feature not in needs:
@@ -293,6 +291,11 @@ class TeacherCache:
                                              for e, real in zip(entries, reals, strict=True)]).to(device)
             features[feature] = layers
         return features
+
+
+def _logit_parts(entry: _Entry) -> dict[str, torch.Tensor]:
+    """An entry's logits as stored: ``{"logits": ...}`` or the top-k parts without their prefix."""
+    return {k.split(".", 1)[-1]: v for k, v in entry.tensors.items() if k.split(".")[0] == "logits"}
 
 
 def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:

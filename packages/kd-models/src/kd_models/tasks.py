@@ -122,10 +122,8 @@ class SequenceClassificationTask:
 
     def _dataset(self, spec: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None,
                  where: str, teacher_spec: ModelSpec) -> TokenizedDataset:
-        path = resolve_path(spec.path, base_dir, f"{where}.path")
         columns = spec.text_columns
-        carried = [c for c in (spec.label, spec.teacher_logits) if c is not None]
-        rows = read_examples(path, [*columns, *carried], spec.limit, spec.format, where, spec.columns, spec.skip)
+        path, rows = _read(spec, base_dir, where)
         texts = [[str(row[c]) for row in rows] for c in columns]
         encoded = tokenizer(*texts, truncation=True, max_length=max_length)
         examples = []
@@ -184,12 +182,10 @@ class TokenClassificationTask(SequenceClassificationTask):
 
     def _dataset(self, spec: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None,
                  where: str, teacher_spec: ModelSpec) -> TokenizedDataset:
-        path = resolve_path(spec.path, base_dir, f"{where}.path")
         columns = spec.text_columns
         if len(columns) != 1:
             raise ConfigError(f"{where}.text: a token task reads one column of words, got {columns}")
-        carried = [c for c in (spec.label, spec.teacher_logits) if c is not None]
-        rows = read_examples(path, [columns[0], *carried], spec.limit, spec.format, where, spec.columns, spec.skip)
+        path, rows = _read(spec, base_dir, where)
         words = [row[columns[0]] if isinstance(row[columns[0]], list) else str(row[columns[0]]).split()
                  for row in rows]
         encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
@@ -198,9 +194,10 @@ class TokenClassificationTask(SequenceClassificationTask):
         examples, cut = [], 0
         for i, row in enumerate(rows):
             example = {k: v[i] for k, v in encoded.items()}
-            cut += len(words[i]) - (max((w for w in encoded.word_ids(i) if w is not None), default=-1) + 1)
+            word_ids = encoded.word_ids(i)
+            cut += len(words[i]) - (max((w for w in word_ids if w is not None), default=-1) + 1)
             if spec.label is not None:
-                example["labels"] = _token_labels(row[spec.label], encoded.word_ids(i), words[i], label2id,
+                example["labels"] = _token_labels(row[spec.label], word_ids, words[i], label2id,
                                                   f"{where}: {path.name} row {i + 1}")
             if spec.teacher_logits is not None:
                 example[TEACHER_LOGITS] = row[spec.teacher_logits]
@@ -213,6 +210,14 @@ class TokenClassificationTask(SequenceClassificationTask):
     def build_multitask_student(self, spec: StudentSpec, teachers: dict[str, nn.Module]) -> nn.Module:
         """Refused: multi-head students have sequence-classification heads only."""
         raise ConfigError("task: multi-task recipes take sequence_classification tasks only")
+
+
+def _read(spec: DataFile, base_dir: Path | None, where: str) -> tuple[Path, list[dict[str, Any]]]:
+    """The data file's path and its rows: the text column(s), the label and the stored logits."""
+    path = resolve_path(spec.path, base_dir, f"{where}.path")
+    carried = [c for c in (spec.label, spec.teacher_logits) if c is not None]
+    return path, read_examples(path, [*spec.text_columns, *carried], spec.limit, spec.format, where, spec.columns,
+                               spec.skip)
 
 
 def _token_labels(tags: Any, word_ids: list[int | None], words: list[str], label2id: dict[str, int],
