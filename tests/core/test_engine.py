@@ -21,6 +21,7 @@ from kd_core import (
     lookup,
 )
 from kd_core.recipe import linear_schedule_with_warmup
+from kd_core.sampling import LengthGroupedBatchSampler
 from tests.core.models import TinyEncoder, TokenDataset
 
 MATCHES = [{"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
@@ -61,11 +62,19 @@ class _Interrupt(Exception):
     pass
 
 
-def _run(output_dir: Path, stop_at: int | None = None, resume: bool = False) -> GeneralDistiller:
+def _loader(grouped: bool) -> DataLoader:
+    data = TokenDataset(size=40)
+    generator = torch.Generator().manual_seed(7)
+    if grouped:
+        sampler = LengthGroupedBatchSampler(data.mask.sum(1).tolist(), 6, generator, group_batches=2)
+        return DataLoader(data, batch_sampler=sampler)
+    return DataLoader(data, batch_size=6, shuffle=True, generator=generator)
+
+
+def _run(output_dir: Path, stop_at: int | None = None, resume: bool = False, grouped: bool = False) -> GeneralDistiller:
     distiller = _distiller(output_dir, dropout=0.2, ckpt_steps=3)
     optimizer = torch.optim.AdamW(distiller.model_S.parameters(), lr=1e-2)
-    loader = DataLoader(TokenDataset(size=40), batch_size=6, shuffle=True,
-                        generator=torch.Generator().manual_seed(7))
+    loader = _loader(grouped)
 
     def callback(model, step):
         if stop_at is not None and step == stop_at:
@@ -77,12 +86,13 @@ def _run(output_dir: Path, stop_at: int | None = None, resume: bool = False) -> 
     return distiller
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["shuffled", "length_grouped"])
 @pytest.mark.parametrize("stop_at", [3, 6, 9])  # 7 batches an epoch: mid-epoch and across epochs
-def test_interrupted_and_resumed_equals_uninterrupted_bitwise(tmp_path: Path, stop_at: int) -> None:
-    reference = _run(tmp_path / "straight")
+def test_interrupted_and_resumed_equals_uninterrupted_bitwise(tmp_path: Path, stop_at: int, grouped: bool) -> None:
+    reference = _run(tmp_path / "straight", grouped=grouped)
     with pytest.raises(_Interrupt):
-        _run(tmp_path / "killed", stop_at=stop_at)
-    resumed = _run(tmp_path / "killed", resume=True)
+        _run(tmp_path / "killed", stop_at=stop_at, grouped=grouped)
+    resumed = _run(tmp_path / "killed", resume=True, grouped=grouped)
     for key, value in reference.model_S.state_dict().items():
         assert torch.equal(resumed.model_S.state_dict()[key], value), key
     for key, value in reference.loss_plan.state_dict().items():

@@ -378,8 +378,9 @@ def _length(dataloader: Any) -> int | None:
 
 def _loader_generators(dataloader: Any) -> list[torch.Generator]:
     found = []
-    for owner in (dataloader, getattr(dataloader, "sampler", None),
-                  getattr(getattr(dataloader, "batch_sampler", None), "sampler", None)):
+    batch_sampler = getattr(dataloader, "batch_sampler", None)
+    for owner in (dataloader, getattr(dataloader, "sampler", None), batch_sampler,
+                  getattr(batch_sampler, "sampler", None)):
         generator = getattr(owner, "generator", None)
         if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
             found.append(generator)
