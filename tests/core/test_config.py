@@ -91,3 +91,22 @@ def test_keyword_errors_are_config_errors_too() -> None:
         TrainingConfig(gradient_accumulation_steps=0)
     with pytest.raises(ConfigError, match=r"temperature: Input should be greater than 0"):
         DistillationConfig(temperature=0)
+
+
+def test_a_recipe_reads_a_textbrewer_config_file_as_its_distillation(tmp_path: Path) -> None:
+    from kd_core.recipe import load_recipe
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "distill.json").write_text(json.dumps({"temperature": 8, "hard_label_weight": 0.5}))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("task: sequence_classification\ndata: {train: {path: t.tsv, text: s, label: l}}\n"
+                      "teacher: {model: m}\ntraining: {num_steps: 1}\ndistillation: configs/distill.json\n")
+    parsed, _ = load_recipe(recipe, ["distillation.temperature=2"])
+    assert (parsed.distillation.temperature, parsed.distillation.hard_label_weight) == (2, 0.5)
+    recipe.write_text(recipe.read_text().replace("configs/distill.json", "configs/missing.json"))
+    with pytest.raises(ConfigError, match=r"distillation: file 'configs/missing.json' not found \(looked at"):
+        load_recipe(recipe)
+    (tmp_path / "configs" / "list.json").write_text("[1, 2]")
+    recipe.write_text(recipe.read_text().replace("configs/missing.json", "configs/list.json"))
+    with pytest.raises(ConfigError, match="must hold a mapping of fields, not a list"):
+        load_recipe(recipe)

@@ -32,6 +32,7 @@ from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, to_device
 from kd_core.labelling import label_file
 from kd_core.metrics import compute_metric, entity_f1
 from kd_core.plugins import lookup
+from kd_core.sampling import LengthGroupedBatchSampler, example_length
 from kd_core.tasks import PreparedData, Task
 
 REPORT_FILE = "report.json"
@@ -123,8 +124,17 @@ class DataSpec(ConfigModel):
 
     train: DataFile
     eval: DataFile | None = None
+    extra_eval: dict[str, DataFile] = Field(default_factory=dict)
+    """More labelled sets by name, each scored beside ``eval`` (which stays the one the report's
+    ``value`` and ``retention`` read): CoLA's ``out_of_domain`` dev, MNLI's mismatched."""
     max_length: int = Field(128, ge=2)
     augment: AugmentSpec | None = None
+
+    @model_validator(mode="after")
+    def _extra_needs_eval(self) -> DataSpec:
+        if self.extra_eval and self.eval is None:
+            raise ValueError("extra_eval scores models beside data.eval; give data.eval too")
+        return self
 
 
 class ModelSpec(ConfigModel):
@@ -187,6 +197,9 @@ class TrainingSpec(ConfigModel):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     progress: bool = True
     skip_nonfinite: bool = False
+    group_by_length: bool = False
+    """Batch examples of similar length together (shuffled groups sorted by length, batches
+    shuffled; :mod:`kd_core.sampling`): much less padding, the same examples every epoch."""
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
@@ -266,15 +279,35 @@ def _teacher_name(spec: ModelSpec, index: int) -> str:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, Path]:
-    """Read a YAML/JSON recipe, apply ``key.path=value`` overrides, validate; also return its folder."""
+    """Read a YAML/JSON recipe, apply ``key.path=value`` overrides, validate; also return its folder.
+
+    ``distillation`` may name a file instead of holding the section: a TextBrewer
+    ``DistillationConfig`` JSON (or YAML), read unchanged and resolved against the recipe's folder,
+    then overridden like the rest.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist")
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) or {}
+    folder = path.parent.resolve()
+    data = _read_mapping(path, str(path))
+    if isinstance(data.get("distillation"), str):
+        data["distillation"] = _read_mapping(resolve_path(data["distillation"], folder, "distillation"),
+                                             f"{path}: distillation")
     for override in overrides:
         apply_override(data, override)
-    return Recipe.from_dict(data, where=str(path)), path.parent.resolve()
+    return Recipe.from_dict(data, where=str(path)), folder
+
+
+def _read_mapping(path: Path, where: str) -> dict[str, Any]:
+    """A YAML or JSON file (JSON is YAML) that must hold a mapping."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: {path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {path} must hold a mapping of fields, not a {type(data).__name__}")
+    return data
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -515,6 +548,10 @@ def _measure_against(model: nn.Module, adaptor: Adaptor, data: PreparedData, rec
     """:func:`measure`, plus the retention against the teacher's result."""
     result = measure(model, adaptor, data, recipe)
     result["retention"] = _retention(result["value"], teacher_result["value"])
+    teacher_sets = teacher_result.get("eval_sets", {})
+    for name, entry in result.get("eval_sets", {}).items():
+        if name in teacher_sets:
+            entry["retention"] = _retention(entry["value"], teacher_sets[name]["value"])
     return result
 
 
@@ -553,9 +590,18 @@ def _fit(engine: BasicTrainer | GeneralDistiller, model: nn.Module, recipe: Reci
 
 
 def _train_loader(data: PreparedData, training: TrainingSpec) -> DataLoader:
-    """The training data in seeded shuffled batches of the recipe's size."""
-    return DataLoader(data.train, batch_size=training.batch_size, shuffle=True, collate_fn=data.collate,
-                      generator=torch.Generator().manual_seed(training.seed))
+    """The training data in seeded shuffled batches of the recipe's size (grouped by length when
+    the recipe asks for it)."""
+    generator = torch.Generator().manual_seed(training.seed)
+    if not training.group_by_length:
+        return DataLoader(data.train, batch_size=training.batch_size, shuffle=True, collate_fn=data.collate,
+                          generator=generator)
+    if launched_world_size() > 1:
+        raise ConfigError("training.group_by_length: distributed runs shard one random permutation per epoch and "
+                          "do not group by length yet; set group_by_length: false under torchrun")
+    lengths = [example_length(data.train[i], i) for i in range(len(data.train))]
+    return DataLoader(data.train, batch_sampler=LengthGroupedBatchSampler(lengths, training.batch_size, generator),
+                      collate_fn=data.collate)
 
 
 def _optimize(engine: BasicTrainer | GeneralDistiller | MultiTaskDistiller, model: nn.Module, recipe: Recipe,
@@ -564,7 +610,9 @@ def _optimize(engine: BasicTrainer | GeneralDistiller | MultiTaskDistiller, mode
     ``batches_per_epoch`` batches), then ``engine.train`` on ``train_data``."""
     t = recipe.training
     total = t.num_steps or t.num_epochs * math.ceil(batches_per_epoch / t.gradient_accumulation_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    # the fused kernel updates every parameter in one pass: about 3x faster than foreach on CPU
+    fused = torch.device(t.device).type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
     engine.train(
         optimizer, train_data, num_epochs=t.num_epochs, num_steps=t.num_steps,
         scheduler_class=linear_schedule_with_warmup,
@@ -584,16 +632,31 @@ def linear_schedule_with_warmup(optimizer: torch.optim.Optimizer, num_warmup_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@torch.no_grad()
 def measure(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Recipe) -> dict[str, Any]:
-    """Eval metric, parameter count and CPU latency (median milliseconds per eval batch)."""
+    """Eval metric, parameter count and CPU latency (median milliseconds per eval batch); with
+    ``data.extra_eval``, also ``eval_sets``: each extra set's ``{"value": metric}``."""
     if data.eval is None:
         raise ConfigError("data.eval is needed to measure a model")
+    value, times = _score(model, adaptor, data.eval, data.collate, recipe)
+    result: dict[str, Any] = {
+        "value": value,
+        "params": sum(p.numel() for p in model.parameters()),
+        # the first batch pays one-off costs (allocations, kernel selection)
+        "latency_ms": round(statistics.median(times[1:] or times), 3),
+    }
+    if data.extra_eval:
+        result["eval_sets"] = {name: {"value": _score(model, adaptor, dataset, data.collate, recipe)[0]}
+                               for name, dataset in data.extra_eval.items()}
+    return result
+
+
+@torch.no_grad()
+def _score(model: nn.Module, adaptor: Adaptor, dataset: Any, collate: Any, recipe: Recipe) -> tuple[float, list[float]]:
+    """The recipe's metric of ``model`` on ``dataset``, and the milliseconds each batch took."""
     device = torch.device(recipe.training.device)
     was_training = model.training
     model.to(device).eval()
-    loader = DataLoader(data.eval, batch_size=recipe.eval.batch_size, shuffle=False,
-                        collate_fn=data.collate)
+    loader = DataLoader(dataset, batch_size=recipe.eval.batch_size, shuffle=False, collate_fn=collate)
     needs = FeatureNeeds({"logits": set()})
     predictions, golds, times = [], [], []
     token_level = None
@@ -625,12 +688,7 @@ def measure(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Reci
                           [[names[int(i)] for i in g] for g in golds])
     else:
         value = compute_metric(recipe.eval.metric, torch.cat(predictions), torch.cat(golds))
-    return {
-        "value": value,
-        "params": sum(p.numel() for p in model.parameters()),
-        # the first batch pays one-off costs (allocations, kernel selection)
-        "latency_ms": round(statistics.median(times[1:] or times), 3),
-    }
+    return value, times
 
 
 def _label_names(model: nn.Module) -> dict[int, str]:

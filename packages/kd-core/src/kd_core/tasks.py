@@ -6,7 +6,7 @@ tasks such as ``sequence_classification`` through ``kd_register_tasks``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +26,9 @@ class PreparedData:
     train: Dataset
     eval: Dataset | None
     collate: Any
+    extra_eval: dict[str, Dataset] = field(default_factory=dict)
+    """More evaluation sets by name (``data.extra_eval``: CoLA's out-of-domain dev, MNLI's
+    mismatched), scored beside ``eval``."""
 
 
 class Task(Protocol):

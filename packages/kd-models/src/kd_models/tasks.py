@@ -118,7 +118,9 @@ class SequenceClassificationTask:
         train = self._dataset(spec.train, tokenizer, spec.max_length, base_dir, "data.train", teacher_spec)
         evaluation = (self._dataset(spec.eval, tokenizer, spec.max_length, base_dir, "data.eval", teacher_spec)
                       if spec.eval is not None else None)
-        return PreparedData(train, evaluation, PadCollator(tokenizer))
+        extra = {name: self._dataset(file, tokenizer, spec.max_length, base_dir, f"data.extra_eval.{name}",
+                                     teacher_spec) for name, file in spec.extra_eval.items()}
+        return PreparedData(train, evaluation, PadCollator(tokenizer), extra)
 
     def _dataset(self, spec: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None,
                  where: str, teacher_spec: ModelSpec) -> TokenizedDataset:
