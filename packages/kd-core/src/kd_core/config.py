@@ -100,6 +100,10 @@ class TrainingConfig(ConfigModel):
     skip_nonfinite: bool = False
     """Skip a micro-batch whose loss is NaN or inf (counted as ``skipped_nonfinite`` in
     metrics.jsonl) instead of stopping with an error that names the term."""
+    trim_padding: bool = True
+    """Cut each batch's padding columns that no example uses before the forward passes
+    (:func:`kd_core.features.trim_padding`): batches padded to a fixed length cost only their
+    longest example. Exact for models that respect ``attention_mask``."""
 
     @model_validator(mode="after")
     def _fp16_alias(self) -> TrainingConfig:

@@ -39,7 +39,7 @@ from kd_core.checkpoint import (
 )
 from kd_core.config import TrainingConfig
 from kd_core.errors import ConfigError, KDError, NonFiniteLossError
-from kd_core.features import Adaptor, as_adaptor, to_device
+from kd_core.features import Adaptor, as_adaptor, to_device, trim_padding
 
 Callback = Callable[..., Any]
 
@@ -200,6 +200,8 @@ class Engine:
                     if batch_postprocessor is not None:
                         batch = batch_postprocessor(batch)
                     batch = to_device(batch, self.device)
+                    if t.trim_padding:
+                        batch = trim_padding(batch)
                     progress = position.global_step / total_steps
                     with autocast:
                         terms = self.compute_losses(batch, progress)

@@ -118,3 +118,38 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     if isinstance(batch, list):
         return [to_device(v, device) for v in batch]
     return batch
+
+
+def trim_padding(batch: Any) -> Any:
+    """The batch without the padding columns no example uses: batches padded to a fixed length
+    (``padding="max_length"``) shrink to their longest example, so every forward pass does less.
+
+    Applies to dict batches (and tuples or lists of them) with an ``attention_mask`` [B, L] that
+    pads on one side (right or left): every [B, L, ...] tensor is cut to the used columns
+    (stored teacher logits only at token level, [B, L, C]). Models that respect the attention
+    mask give the same outputs at every real position, so kd's losses, which read real tokens
+    only, do not change. Other batches come back as they are.
+    """
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(trim_padding(item) for item in batch)
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return batch
+    size, length = mask.shape
+    used = mask.bool().any(0)
+    width = int(used.sum())
+    if width in (0, length):
+        return batch
+    if bool(used[:width].all()):
+        columns = slice(0, width)
+    elif bool(used[length - width:].all()):
+        columns = slice(length - width, length)
+    else:
+        return batch
+    trimmed = {}
+    for key, value in batch.items():
+        sequence = (isinstance(value, torch.Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == (size, length)
+                    and (key != TEACHER_LOGITS or value.dim() >= 3))
+        trimmed[key] = value[:, columns] if sequence else value
+    return trimmed
+

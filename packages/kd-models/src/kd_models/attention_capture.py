@@ -7,6 +7,7 @@ a loss plan reads get hooks, and the hooks live for one forward pass.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,11 +34,21 @@ class SelfAttention:
     num_heads: int
 
 
+_BLOCKS: weakref.WeakKeyDictionary[nn.Module, list[SelfAttention]] = weakref.WeakKeyDictionary()
+
+
 def self_attention_blocks(model: nn.Module) -> list[SelfAttention]:
-    """The model's self-attention blocks in layer order, found by their projection names.
+    """The model's self-attention blocks in layer order, found by their projection names (once
+    per model: the search walks every module, which would cost each forward pass milliseconds).
 
     Raises ConfigError naming the projection names it looked for when there are none.
     """
+    if model not in _BLOCKS:
+        _BLOCKS[model] = _find_blocks(model)
+    return _BLOCKS[model]
+
+
+def _find_blocks(model: nn.Module) -> list[SelfAttention]:
     config = getattr(model, "config", None)
     default_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None)
     blocks = []
