@@ -89,3 +89,21 @@ def test_the_example_recipe_runs_at_small_scale(tmp_path: Path, tiny_teacher_dir
     assert sum(not r["augmented"] for r in labelled) == 12, "every original row is kept"
     assert 12 < len(labelled) <= 36
     assert json.loads((out / "report.json").read_text())["student"]["retention"] is not None
+
+
+def test_an_unlabelled_transfer_set_is_labelled_while_training(tmp_path: Path, tiny_teacher_dir: Path,
+                                                               sst2_dir: Path) -> None:
+    # ETD's Taylor importance needs gold labels, so it reads data.train, not the grown rows
+    recipe = _recipe(tmp_path, tiny_teacher_dir, sst2_dir,
+                     {"augmenter": {"name": "masking", "p": 0.3}, "n": 3, "label": False},
+                     student={"config": {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64},
+                              "init": {"name": "etd_impt", "num_batches": 2}},
+                     training={"batch_size": 16, "num_epochs": 1, "learning_rate": 1e-3, "seed": 0,
+                               "progress": False})
+    out = tmp_path / "out"
+    result = _run(recipe, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert not (out / "transfer" / "labelled.jsonl").exists()
+    grown = _rows(out / "transfer" / "augmented.jsonl")
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(grown) > 24 and steps == list(range(1, -(-len(grown) // 16) + 1)), "one epoch of the grown rows"

@@ -102,6 +102,11 @@ class AugmentSpec(ConfigModel):
     n: int = Field(20, ge=1)
     seed: int = 0
     keep_original: bool = True
+    label: bool = True
+    """Label the grown set with the teacher's logits before training (``labelled.jsonl``). With
+    ``false`` the teacher labels each batch as it trains instead: one teacher pass instead of two
+    when the loss plan reads other teacher features anyway (hidden states, Q/K/V), and with
+    ``is_caching_logits`` every row is labelled once."""
     top_k: int | None = Field(None, ge=1)
     """Store only each row's top k teacher logits (see the teacher cache)."""
     batch_size: int = Field(64, ge=1)
@@ -399,13 +404,20 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
         raise ConfigError("data.train.teacher_logits: stored logits are one teacher's, but with assistants each stage "
                           "distils from another teacher; leave teacher_logits out so every stage runs its teacher")
     data = task.prepare_data(transfer_set(task, recipe, output_dir, base_dir), recipe.primary_teacher, base_dir)
+    # initializers that read batches (ETD's Taylor importance) need gold labels, which the new rows
+    # of a transfer set do not have: they read the labelled training data
+    init_data = data
+    if recipe.data.augment is not None and any(s.init for s in (*recipe.assistants, recipe.student)):
+        init_data = task.prepare_data(recipe.data.model_copy(update={"augment": None}), recipe.primary_teacher,
+                                      base_dir)
     assistants = []
     current = teachers
     for index, spec in enumerate(recipe.assistants, start=1):
-        assistant = _assistant_stage(task, recipe, spec, current, data, output_dir / f"assistant-{index}", resume)
+        assistant = _assistant_stage(task, recipe, spec, current, data, init_data, output_dir / f"assistant-{index}",
+                                     resume)
         assistants.append(assistant)
         current = {"assistant": assistant}
-    student = _distill_stage(task, recipe, recipe.student, current, data, output_dir, resume)
+    student = _distill_stage(task, recipe, recipe.student, current, data, init_data, output_dir, resume)
     if not is_main_process():
         return {}
     report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
@@ -467,8 +479,8 @@ TRANSFER_DIR = "transfer"
 
 def transfer_set(task: Task, recipe: Recipe, output_dir: Path, base_dir: Path | None) -> DataSpec:
     """The recipe's data, with ``data.augment`` carried out: ``data.train`` grown by the augmenter
-    (or read from the prepared file) and labelled by the teacher, in ``output_dir/transfer/``.
-    Finished files are reused and interrupted ones resumed."""
+    (or read from the prepared file) and, unless ``augment.label`` is false, labelled by the
+    teacher, in ``output_dir/transfer/``. Finished files are reused and interrupted ones resumed."""
     spec = recipe.data
     augment = spec.augment
     if augment is None:
@@ -501,6 +513,8 @@ def transfer_set(task: Task, recipe: Recipe, output_dir: Path, base_dir: Path | 
                      header=train.columns, progress=recipe.training.progress, batch_size=augment.batch_size,
                      where="data.augment.augmenter")
         source = DataFile(path=str(directory / "augmented.jsonl"), text=train.text)
+    if not augment.label:
+        return spec.model_copy(update={"train": source, "augment": None})
     labelled = directory / "labelled.jsonl"
     label_file(task, recipe.primary_teacher, source, labelled, max_length=spec.max_length,
                batch_size=augment.batch_size, top_k=augment.top_k, device=recipe.training.device,
@@ -513,11 +527,11 @@ STAGE_DONE = "STAGE_COMPLETE"
 
 
 def _distill_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: dict[str, nn.Module],
-                   data: PreparedData, output_dir: Path, resume: bool) -> nn.Module:
+                   data: PreparedData, init_data: PreparedData, output_dir: Path, resume: bool) -> nn.Module:
     """Build, initialise and distill one student from ``teachers`` (one, or several for a
     MultiTeacherDistiller; the first shapes the student); save it to ``output_dir/student``."""
     first = next(iter(teachers.values()))
-    student = build_student(task, spec, first, data, recipe.training)
+    student = build_student(task, spec, first, init_data, recipe.training)
     config = _training_config(recipe, output_dir)
     if len(teachers) == 1:
         distiller = GeneralDistiller(config, recipe.distillation, first, student, task.adaptor(first),
@@ -532,12 +546,12 @@ def _distill_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: dict
 
 
 def _assistant_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: dict[str, nn.Module],
-                     data: PreparedData, output_dir: Path, resume: bool) -> nn.Module:
+                     data: PreparedData, init_data: PreparedData, output_dir: Path, resume: bool) -> nn.Module:
     """One teacher-assistant stage; a stage finished by an earlier run is loaded when resuming."""
     saved = output_dir / "student"
     if resume and (output_dir / STAGE_DONE).is_file():
         return task.load_teacher(ModelSpec(model=str(saved)))
-    assistant = _distill_stage(task, recipe, spec, teachers, data, output_dir, resume)
+    assistant = _distill_stage(task, recipe, spec, teachers, data, init_data, output_dir, resume)
     if is_main_process():
         write_text_atomic(output_dir / STAGE_DONE, f"{saved}\n")
     return assistant
