@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from kd_analysis.curves import moving_average
 from kd_core.paths import resolve_model_path
 from kd_core.recipe import Recipe, run_distill, run_train
 
@@ -76,15 +77,6 @@ def distill(teacher: Path, teacher_result: dict, student: dict, output: Path, st
     losses = [json.loads(line)["loss"] for line in (output / "metrics.jsonl").read_text().splitlines()]
     return {"losses": losses, "dev_accuracy": report["student"]["value"], "params": report["student"]["params"],
             "seconds": round(seconds, 1)}
-
-
-def moving_average(values: list[float], window: int) -> list[float]:
-    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value - (values[i - window] if i >= window else 0.0)
-        out.append(total / min(i + 1, window))
-    return out
 
 
 def steps_to_reach(curve: list[float], target: float) -> int | None:

@@ -71,3 +71,30 @@ def test_bad_requests_fail_with_a_message(tmp_path: Path, tiny_teacher_dir: Path
                                               "--names", "a", "--data", str(sst2_dir / "dev.tsv"), "-o",
                                               str(tmp_path)])
     assert result.exit_code != 0 and "give 2 distinct names" in result.output
+
+
+def test_runs_add_learning_curves_smoothed_over_20_steps(tmp_path: Path, tiny_teacher_dir: Path, student_dir: Path,
+                                                         sst2_dir: Path) -> None:
+    runs = []
+    for name, scale in (("teacher-run", 1.0), ("student-run", 2.0)):
+        run = tmp_path / name
+        run.mkdir()
+        records = [{"step": s, "epoch": s / 30, "kd": scale * s, "loss": scale * s + 1, "lr": 1e-4, "elapsed_s": s}
+                   for s in range(1, 31)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        runs.append(str(run))
+    out = tmp_path / "analysis"
+    result = CliRunner().invoke(build_cli(), [
+        "analyze", "--models", str(tiny_teacher_dir), str(student_dir), "--data", str(sst2_dir / "dev.tsv"),
+        "--limit", "8", "-o", str(out), "-q", "--runs", *runs])
+    assert result.exit_code == 0, result.output
+    training = json.loads((out / "analysis.json").read_text())["training"]
+    mean_of_last_20 = sum(range(11, 31)) / 20  # steps 11..30
+    assert training["teacher"] == {"steps": 30, "final": {"kd": mean_of_last_20, "loss": mean_of_last_20 + 1}}
+    assert training["student-1"]["final"]["kd"] == pytest.approx(2 * mean_of_last_20)
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    missing = CliRunner().invoke(build_cli(), [
+        "analyze", "--models", str(tiny_teacher_dir), "--data", str(sst2_dir / "dev.tsv"), "--limit", "8",
+        "-o", str(out), "-q", "--runs", str(tmp_path)])
+    assert missing.exit_code != 0 and "has no metrics.jsonl" in missing.output

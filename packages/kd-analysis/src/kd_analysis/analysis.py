@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from kd_analysis.calibration import bins_as_dicts, expected_calibration_error, reliability_bins
-from kd_analysis.plots import confidence_histograms, reliability_diagrams
+from kd_analysis.plots import confidence_histograms, learning_curves, reliability_diagrams
 from kd_analysis.predictions import Predictions
 from kd_core.checkpoint import write_text_atomic
 from kd_core.metrics import compute_metric
@@ -27,9 +27,12 @@ PREDICTIONS_FILE = "predictions.jsonl"
 
 
 def analyze(models: list[Predictions], texts: list[str], output_dir: Path, metric: str = "accuracy",
-            bins: int = 10, examples: int = 5) -> dict[str, Any]:
+            bins: int = 10, examples: int = 5,
+            curves: dict[str, dict[str, list[tuple[int, float]]]] | None = None) -> dict[str, Any]:
     """Write predictions.jsonl, analysis.json, reliability.png and confidence.png to
-    ``output_dir`` and return the analysis."""
+    ``output_dir`` and return the analysis. ``curves`` (model name -> loss term -> smoothed
+    (step, value) pairs, from :func:`~kd_analysis.curves.read_curves`) adds learning_curves.png
+    and each run's steps and final smoothed terms under ``training``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"examples": len(texts), "metric": metric, "bins": bins, "models": {},
                               "reference": models[0].name, "comparisons": {}}
@@ -51,6 +54,11 @@ def analyze(models: list[Predictions], texts: list[str], output_dir: Path, metri
     _write_predictions(models, texts, output_dir / PREDICTIONS_FILE)
     reliability_diagrams(report, output_dir / "reliability.png")
     confidence_histograms(models, bins, output_dir / "confidence.png")
+    if curves:
+        report["training"] = {name: {"steps": max(p[0] for p in terms["loss"]) if "loss" in terms else None,
+                                     "final": {term: round(points[-1][1], 5) for term, points in terms.items()}}
+                              for name, terms in curves.items()}
+        learning_curves(curves, output_dir / "learning_curves.png")
     write_text_atomic(output_dir / ANALYSIS_FILE, json.dumps(report, indent=2) + "\n")
     return report
 

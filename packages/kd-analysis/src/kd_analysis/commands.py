@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from kd_analysis.analysis import ANALYSIS_FILE, analyze
+from kd_analysis.curves import read_curves
 from kd_analysis.predictions import predict, texts_of
 from kd_core.data import read_records, resolve_path
 from kd_core.errors import ConfigError
@@ -56,23 +57,29 @@ class ManyValues(click.Option):
 @click.option("--bins", type=click.IntRange(min=2), default=10, show_default=True, help="Confidence bins.")
 @click.option("--examples", type=click.IntRange(min=0), default=5, show_default=True,
               help="Examples shown per cell of each disagreement table.")
+@click.option("--runs", cls=ManyValues, multiple=True,
+              help="The training run of each model, in the order of --models (folders with metrics.jsonl): "
+                   "their learning curves go to learning_curves.png.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path, output: Path,
                     text_columns: tuple[str, ...], label_column: str, header: str | None, limit: int | None,
-                    task: str, metric: str, bins: int, examples: int, batch_size: int, max_length: int, device: str,
-                    quiet: bool) -> None:
+                    task: str, metric: str, bins: int, examples: int, runs: tuple[str, ...], batch_size: int,
+                    max_length: int, device: str, quiet: bool) -> None:
     """Predictions, mistakes, agreement and calibration of a teacher and its students on DATA."""
     labels = _model_names(names, models)
+    if runs and len(runs) != len(models):
+        raise ConfigError(f"--runs: give one training run per model ({len(models)}), got {len(runs)}")
+    curves = {name: read_curves(Path(run)) for name, run in zip(labels, runs, strict=True)} if runs else None
     data = DataFile(path=str(resolve_path(data_path, None, "--data")), text=list(text_columns), label=label_column,
                     limit=limit, columns=header.split(",") if header else None)
     registered = task_for_name(task)
     predictions = [predict(registered, name, model, data, max_length, batch_size, device, not quiet)
                    for name, model in zip(labels, models, strict=True)]
     rows = read_records(Path(data.path), data.limit, data.format, "--data", data.columns)
-    report = analyze(predictions, texts_of(rows, data), output, metric, bins, examples)
+    report = analyze(predictions, texts_of(rows, data), output, metric, bins, examples, curves)
     for name, result in report["models"].items():
         click.echo(f"{name:<14} {metric} {result['value']:.4f}  ECE {result['ece']:.4f}  "
                    f"confidence right {result['mean_confidence_right'] or 0:.3f} / "
@@ -83,7 +90,8 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
                    f"only {report['reference']} right {counts['only_reference_right']}, "
                    f"only {name} right {counts['only_model_right']}, "
                    f"both wrong {counts['both_wrong_same'] + counts['both_wrong_different']}")
-    click.echo(f"written: {output / ANALYSIS_FILE}, predictions.jsonl, reliability.png, confidence.png")
+    figures = "reliability.png, confidence.png" + (", learning_curves.png" if curves else "")
+    click.echo(f"written: {output / ANALYSIS_FILE}, predictions.jsonl, {figures}")
 
 
 @click.command("probe")

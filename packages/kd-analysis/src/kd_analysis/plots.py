@@ -1,5 +1,5 @@
-"""The analysis's figures: reliability diagrams and confidence histograms (one panel per model),
-and probing accuracy per layer (one panel per task)."""
+"""The analysis's figures: reliability diagrams, confidence histograms and learning curves (one
+panel per model), and probing accuracy per layer (one panel per task)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,21 @@ def confidence_histograms(models: list[Predictions], bins: int, path: Path) -> N
                   label=["right", "wrong"], color=["tab:green", "tab:red"])
         axis.set(title=model.name, xlabel="confidence", ylabel="examples")
         axis.legend(loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
+    """Per model: each loss term of its training run against the optimizer step (``curves`` maps a
+    model to its terms, each a list of (step, smoothed value))."""
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
+    for axis, (name, terms) in zip(axes[0], curves.items(), strict=True):
+        for term, points in terms.items():
+            axis.plot([p[0] for p in points], [p[1] for p in points], label=term, linewidth=1.2)
+        axis.set(title=name, xlabel="step", ylabel="loss (moving average)")
+        axis.set_yscale("log")
+        axis.legend(loc="upper right", fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
