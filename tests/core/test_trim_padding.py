@@ -67,8 +67,10 @@ def test_trimmed_training_logs_the_losses_of_untrimmed_training(tmp_path: Path) 
         torch.manual_seed(0)
         teacher, student = TinyEncoder(width=16, layers=2), TinyEncoder(width=8, layers=1)
         widths: list[int] = []
-        student.register_forward_pre_hook(lambda _m, _a, kwargs: widths.append(kwargs["input_ids"].shape[1]),
-                                          with_kwargs=True)
+        def record(_module, _args, kwargs, widths=widths) -> None:
+            widths.append(kwargs["input_ids"].shape[1])
+
+        student.register_forward_pre_hook(record, with_kwargs=True)
         adaptor = lookup("adaptors", "features")()
         distiller = GeneralDistiller(
             TrainingConfig(output_dir=str(tmp_path / str(trim)), progress=False, seed=0, trim_padding=trim),
