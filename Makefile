@@ -46,3 +46,4 @@ bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(BIN)/python -m pytest benchmarks -p no:randomly --benchmark-enable \
 		--benchmark-json=benchmarks/results/cpu-$$(uname -m)-$$(nproc)cores.json
+	$(BIN)/python -m benchmarks.readme_tables benchmarks/results/cpu-$$(uname -m)-$$(nproc)cores.json

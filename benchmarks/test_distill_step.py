@@ -1,81 +1,106 @@
-"""Cost of whole distillation steps: kd's engine against the same step in plain PyTorch.
+"""Whole distillation steps of standard recipes, measured side by side in one run
+(benchmarks/step_cases.py has the models, batches and recipes).
 
-Same teacher (the packaged MiniLM, 6 x 384), student (BERT 2 x 128), SST-2 batches of 32 and
-losses (TextBrewer ``ce`` at T=4, hard labels, ``hidden_mse`` with a linear projection at
-teacher layer 6 / student layer 2), measured side by side in one run. The ratio is kd's
-overhead per step. Run with ``make bench``; results go to benchmarks/results/.
+Per recipe (TextBrewer-style, MiniLM last-layer relations, an ETD-initialised student, a BiLSTM
+student), kd's GeneralDistiller with the fused kernels (``kd``), with every loss in eager
+PyTorch (``kd_reference``: ``KD_KERNELS=reference``) and with the student under torch.compile
+(``kd_compiled``); for the TextBrewer-style recipe also the ``textbrewer`` package's
+GeneralDistiller on the same models, batches and losses, and where each framework's time goes.
+``test_teacher_cache_epochs`` times the epochs of a cached run. Run with ``make bench``.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig, lookup
-from kd_core.recipe import DataSpec, ModelSpec, StudentSpec
+from benchmarks.step_cases import (
+    CASES,
+    Sections,
+    build_student,
+    eager_copy,
+    kernels_backend,
+    load_setup,
+    run_kd,
+    run_textbrewer,
+    timed_sections,
+)
 
-STEPS = 6
-STUDENT = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512,
-           "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-MATCH = {"layer_T": 6, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-         "proj": ["linear", 128, 384]}
+STEPS = 8
+ROUNDS = 3
+IMPLS = {
+    "textbrewer_style": ["kd", "kd_reference", "kd_compiled", "textbrewer"],
+    "minilm": ["kd", "kd_reference", "kd_compiled"],
+    "etd": ["kd"],
+    "bilstm": ["kd", "kd_compiled"],
+}
 
 
 @pytest.fixture(scope="module")
 def setup(minilm_path: Path, sst2_dir: Path):
-    task = lookup("tasks", "sequence_classification")
-    teacher_spec = ModelSpec(model=str(minilm_path), num_labels=2)
-    data = task.prepare_data(DataSpec.from_dict({
-        "train": {"path": str(sst2_dir / "train.tsv"), "text": "sentence", "label": "label",
-                  "limit": 32 * STEPS}, "max_length": 64}), teacher_spec, None)
-    teacher = task.load_teacher(teacher_spec).eval()
-    loader = DataLoader(data.train, batch_size=32, collate_fn=data.collate)
-    return task, teacher, loader
+    return load_setup(minilm_path, sst2_dir, STEPS)
 
 
-def _student(task, teacher):
-    torch.manual_seed(0)
-    return task.build_student(StudentSpec(config=STUDENT), teacher)
+@pytest.fixture(scope="module")
+def eager_teacher(setup):
+    return eager_copy(setup.teacher)
 
 
-def test_kd_general_distiller_steps(benchmark, setup, tmp_path: Path) -> None:
-    task, teacher, loader = setup
-
-    def run() -> None:
-        student = _student(task, teacher)
-        distiller = GeneralDistiller(
-            TrainingConfig(output_dir=str(tmp_path), progress=False, ckpt_steps=10**6),
-            DistillationConfig(temperature=4, kd_loss_type="ce", hard_label_weight=0.5, intermediate_matches=[MATCH]),
-            teacher, student, task.adaptor(teacher), task.adaptor(student))
-        distiller.train(torch.optim.AdamW(student.parameters(), lr=1e-4), loader, num_steps=STEPS)
-
-    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
-
-
-def test_plain_pytorch_steps(benchmark, setup) -> None:
-    task, teacher, loader = setup
+@pytest.mark.parametrize(("case", "impl"), [(c, i) for c, impls in IMPLS.items() for i in impls])
+def test_distillation_steps(benchmark, setup, eager_teacher, case: str, impl: str) -> None:
+    benchmark.group = f"step {case}: MiniLM 6x384 teacher, batches of 32 x 64 tokens, {STEPS} steps a round"
+    recipe = CASES[case]
+    student = build_student(setup, recipe)
+    teacher = setup.teacher
+    if impl == "textbrewer":
+        student, teacher = eager_copy(student), eager_teacher
+    # one student (and one compiled graph) for every round, reset to the same weights before each
+    initial = {k: v.clone() for k, v in student.state_dict().items()}
+    compiled = torch.compile(student) if impl == "kd_compiled" else None
+    sections = Sections()
+    calls = []
 
     def run() -> None:
-        student = _student(task, teacher)
-        projection = torch.nn.Linear(128, 384)
-        optimizer = torch.optim.AdamW([*student.parameters(), *projection.parameters()], lr=1e-4)
-        for batch in loader:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            with torch.no_grad():
-                out_T = teacher(**inputs, output_hidden_states=True)
-            out_S = student(**inputs, output_hidden_states=True)
-            p_T = F.softmax(out_T.logits / 4, -1)
-            kd = -(p_T * F.log_softmax(out_S.logits / 4, -1)).sum(-1).mean()
-            hard = F.cross_entropy(out_S.logits, batch["labels"])
-            mask = inputs["attention_mask"].unsqueeze(-1).float()
-            diff = (projection(out_S.hidden_states[2]) - out_T.hidden_states[6]) ** 2
-            hidden = (diff.mean(-1, keepdim=True) * mask).sum() / mask.sum()
-            (kd + 0.5 * hard + hidden).backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        calls.append(True)
+        student.load_state_dict(initial)
+        with tempfile.TemporaryDirectory() as out, timed_sections(teacher, student) as timed:
+            if impl == "textbrewer":
+                run_textbrewer(recipe, STEPS, Path(out), setup.loader(), teacher, student)
+            else:
+                with kernels_backend("reference" if impl == "kd_reference" else "auto"):
+                    run_kd(setup, recipe, STEPS, Path(out), student=student, compiled=compiled)
+        if len(calls) == 1:
+            return  # the warm-up round (compilation, first allocations) is not profiled
+        for name, seconds in timed.seconds.items():
+            sections.seconds[name] += seconds
+        sections.total += timed.total
 
-    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
+    benchmark.extra_info["steps_per_round"] = STEPS
+    benchmark.extra_info["ms_per_step"] = sections.per_step(STEPS * ROUNDS)
+
+
+def test_teacher_cache_epochs(benchmark, setup) -> None:
+    """Two epochs over the batches with the in-memory teacher cache: the second serves every
+    teacher feature from the cache."""
+    benchmark.group = "teacher cache: epoch 2 against epoch 1 (TextBrewer-style recipe)"
+    recipe = CASES["textbrewer_style"]
+    epochs: list[dict[str, float]] = []
+
+    def run() -> None:
+        with tempfile.TemporaryDirectory() as out:
+            distiller = run_kd(setup, recipe, STEPS, Path(out), cache=True, epochs=2)
+            records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        assert distiller.teacher_forwards == STEPS, "the second epoch must not run the teacher"
+        first = records[STEPS - 1]["elapsed_s"]
+        epochs.append({"epoch_1_s": first, "epoch_2_s": records[-1]["elapsed_s"] - first})
+
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
+    first, second = (sum(e[k] for e in epochs[1:]) / ROUNDS for k in ("epoch_1_s", "epoch_2_s"))
+    benchmark.extra_info.update({"epoch_1_s": round(first, 3), "epoch_2_s": round(second, 3),
+                                 "epoch_2_over_epoch_1": round(second / first, 3),
+                                 "cached_ms_per_step": round(1000 * second / STEPS, 2)})

@@ -24,6 +24,16 @@ def _distill(recipe: str, out: Path, *overrides: str) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
+def test_sst2_example(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    out = tmp_path / "sst2"
+    report = _distill("sst2_minilm.yaml", out, "--set", f"teacher.model={tiny_teacher_dir}", "--set",
+                      "distillation.intermediate_matches.0.proj=[linear, 128, 64]", "--set",
+                      "distillation.intermediate_matches.0.layer_T=4")
+    assert report["metric"] == "accuracy" and report["student"]["retention"] is not None
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 3 and {"kd", "hard_label", "match0.hidden_mse"} <= set(steps[-1])
+
+
 def test_multi_teacher_example(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     report = _distill("sst2_multi_teacher.yaml", tmp_path / "multi", "--set", f"teacher.0.model={tiny_teacher_dir}",
                       "--set", f"teacher.1.model={tiny_teacher_dir}", "--set",
