@@ -1,7 +1,7 @@
 """kd-analysis: what did the student learn? ``kd probe`` trains a probe on every layer of a teacher
 and its students for SentEval-style tasks built from any corpus; ``kd analyze`` compares them on
 labelled data: per-example predictions, agreement and disagreement tables with examples,
-calibration (ECE, reliability diagrams) and confidence histograms."""
+calibration (ECE, reliability diagrams), confidence histograms and learning curves."""
 
 from kd_analysis.analysis import analyze, compare
 from kd_analysis.calibration import expected_calibration_error, reliability_bins
