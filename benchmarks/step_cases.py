@@ -74,12 +74,11 @@ CASES = {
 
 @dataclass
 class Setup:
-    """The task, the teacher, and the SST-2 batches every case trains on."""
+    """The task, the teacher, and the SST-2 examples every case trains on."""
 
     task: Any
     teacher: nn.Module
-    data: Any
-    batches: list[dict[str, torch.Tensor]]
+    data: list[dict[str, torch.Tensor]]
 
     def loader(self) -> DataLoader:
         """The batches in a fixed order (no shuffling: both frameworks see the same ones)."""
@@ -104,8 +103,7 @@ def load_setup(minilm_path: Path, sst2_dir: Path, steps: int) -> Setup:
                         return_tensors="pt")
     labels = torch.tensor([int(r[1]) for r in rows])
     data = [{**{k: v[i] for k, v in encoded.items()}, "labels": labels[i]} for i in range(len(rows))]
-    batches = [Setup._collate(data[i:i + BATCH_SIZE]) for i in range(0, len(data), BATCH_SIZE)]
-    return Setup(task, teacher, data, batches)
+    return Setup(task, teacher, data)
 
 
 def build_student(setup: Setup, case: StepCase, seed: int = 0) -> nn.Module:
@@ -113,7 +111,7 @@ def build_student(setup: Setup, case: StepCase, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     student = setup.task.build_student(StudentSpec(**case.student), setup.teacher)
     if case.init is not None:
-        student = lookup("initializers", case.init)(setup.teacher, student, data=setup.batches[:4], num_batches=4)
+        student = lookup("initializers", case.init)(setup.teacher, student, data=setup.loader(), num_batches=4)
     return student
 
 

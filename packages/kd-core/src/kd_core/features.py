@@ -152,4 +152,3 @@ def trim_padding(batch: Any) -> Any:
                     and (key != TEACHER_LOGITS or value.dim() >= 3))
         trimmed[key] = value[:, columns] if sequence else value
     return trimmed
-
