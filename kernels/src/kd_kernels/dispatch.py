@@ -1,8 +1,10 @@
 """The public ops and the choice of implementation behind them.
 
 ``KD_KERNELS=auto`` (the default) runs the fused kernel where one is built for the device and
-the reference elsewhere, with one warning when a build failed; ``fused`` makes a missing kernel
-an error; ``reference`` always runs :mod:`kd_kernels.reference`. On CUDA, ``relation_loss`` also
+the reference elsewhere, with one warning when a build failed; on CUDA, a fused kernel runs only
+once it passed its self-check on that GPU (:mod:`kd_kernels.selfcheck`, remembered per build and
+device). ``fused`` makes a missing kernel an error and skips the self-check; ``reference``
+always runs :mod:`kd_kernels.reference`. On CUDA, ``relation_loss`` also
 runs the reference, after one warning per shape, for head sizes whose shared memory the device
 cannot give a block (:func:`cuda_relation_fits`).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -55,7 +58,7 @@ def backend(op: str, device: torch.device | str) -> Backend:
     kind = torch.device(device).type
     key = (op, kind, _choice())
     if key not in _DECISIONS:
-        _DECISIONS[key] = _decide(kind, key[2])
+        _DECISIONS[key] = _decide(op, kind, key[2])
     return _DECISIONS[key]
 
 
@@ -72,7 +75,21 @@ def _fused(op: str, x: torch.Tensor) -> bool:
     return _fused_on(op, x.device.type)
 
 
-def _decide(kind: str, choice: str) -> Backend:
+def _self_checked(op: str, built: Any) -> Backend:
+    """``auto`` on CUDA: the fused kernel only once it passed its self-check on this GPU."""
+    from kd_kernels.build import KernelWarning
+    from kd_kernels.selfcheck import device_key, remembered_self_check
+
+    verdict = remembered_self_check(op, "cuda", built.path.parent)
+    if verdict.passed:
+        return Backend("fused", f"{built.name} ({built.path}), self-check passed on {device_key('cuda')}: "
+                                f"{verdict.detail}")
+    warnings.warn(f"kd-kernels: the fused CUDA {op} failed its self-check on {device_key('cuda')} ({verdict.detail}); "
+                  "using the pure-PyTorch reference (KD_KERNELS=fused forces the kernel)", KernelWarning, stacklevel=5)
+    return Backend("reference", f"self-check failed on {device_key('cuda')}: {verdict.detail}")
+
+
+def _decide(op: str, kind: str, choice: str) -> Backend:
     from kd_kernels import build
 
     if choice == "reference":
@@ -81,9 +98,12 @@ def _decide(kind: str, choice: str) -> Backend:
         unavailable = f"no fused kernels for {kind} devices"
     else:
         built = build.extension(kind)
+        if built.loaded and kind == "cpu":
+            return Backend("fused", f"{built.name} ({built.path}, {build.cpu_isa()})")
+        if built.loaded and choice == "fused":
+            return Backend("fused", f"{built.name} ({built.path}), KD_KERNELS=fused: no self-check")
         if built.loaded:
-            isa = f", {build.cpu_isa()}" if kind == "cpu" else ""
-            return Backend("fused", f"{built.name} ({built.path}{isa})")
+            return _self_checked(op, built)
         unavailable = built.error or "not built"
     if choice == "fused":
         raise RuntimeError(f"KD_KERNELS=fused, but the fused {kind} kernels are unavailable: {unavailable}")
@@ -180,6 +200,13 @@ def softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
         raise ValueError(f"softmax_kl mode must be 'kl' or 'ce', got {mode!r}")
     if teacher_logits.requires_grad or not _fused("softmax_kl", student_logits):
         return reference.softmax_kl(student_logits, teacher_logits, temperature, mask, mode)
+    return fused_softmax_kl(student_logits, teacher_logits, temperature, mask, mode)
+
+
+def fused_softmax_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: Temperature = 1.0,
+                     mask: torch.Tensor | None = None, mode: str = "kl") -> torch.Tensor:
+    """:func:`softmax_kl` through the compiled kernels, whatever the backend choice (the
+    self-check compares it with the reference before ``auto`` trusts it)."""
     dtype = compute_dtype(student_logits)
     student_logits, teacher_logits = _same_dtype(dtype, student_logits, teacher_logits)
     vocab = student_logits.shape[-1]
@@ -213,6 +240,13 @@ def relation_loss(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torc
     scale_t = xt.shape[-1] ** -0.5 if scale_t is None else float(scale_t)
     if xt.requires_grad or yt.requires_grad or not _relation_fused(xs, xt):
         return reference.relation_loss(xs, ys, xt, yt, mask, kind, scale_s, scale_t)
+    return fused_relation_loss(xs, ys, xt, yt, mask, kind, scale_s, scale_t)
+
+
+def fused_relation_loss(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor,
+                        mask: torch.Tensor | None, kind: str, scale_s: float, scale_t: float) -> torch.Tensor:
+    """:func:`relation_loss` through the compiled kernels, whatever the backend choice (the
+    self-check compares it with the reference before ``auto`` trusts it)."""
     batch, heads, length = xs.shape[:3]
     dtype = compute_dtype(xs)
     xs, ys, xt, yt = _same_dtype(dtype, xs, ys, xt, yt)
