@@ -16,11 +16,12 @@ from kd_core import (
     ConfigError,
     DistillationConfig,
     GeneralDistiller,
+    KDError,
     NonFiniteLossError,
     TrainingConfig,
     lookup,
 )
-from kd_core.recipe import linear_schedule_with_warmup
+from kd_core.assembly import linear_schedule_with_warmup
 from kd_core.sampling import LengthGroupedBatchSampler
 from tests.core.models import TinyEncoder, TokenDataset
 
@@ -71,8 +72,9 @@ def _loader(grouped: bool) -> DataLoader:
     return DataLoader(data, batch_size=6, shuffle=True, generator=generator)
 
 
-def _run(output_dir: Path, stop_at: int | None = None, resume: bool = False, grouped: bool = False) -> GeneralDistiller:
-    distiller = _distiller(output_dir, dropout=0.2, ckpt_steps=3)
+def _run(output_dir: Path, stop_at: int | None = None, resume: bool = False, grouped: bool = False,
+         ckpt_steps: int = 3) -> GeneralDistiller:
+    distiller = _distiller(output_dir, dropout=0.2, ckpt_steps=ckpt_steps)
     optimizer = torch.optim.AdamW(distiller.model_S.parameters(), lr=1e-2)
     loader = _loader(grouped)
 
@@ -87,18 +89,70 @@ def _run(output_dir: Path, stop_at: int | None = None, resume: bool = False, gro
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["shuffled", "length_grouped"])
-@pytest.mark.parametrize("stop_at", [3, 6, 9])  # 7 batches an epoch: mid-epoch and across epochs
-def test_interrupted_and_resumed_equals_uninterrupted_bitwise(tmp_path: Path, stop_at: int, grouped: bool) -> None:
-    reference = _run(tmp_path / "straight", grouped=grouped)
+# 7 batches an epoch: mid-epoch, across epochs, and exactly at the end of an epoch
+@pytest.mark.parametrize(("stop_at", "ckpt_steps"), [(3, 3), (6, 3), (9, 3), (7, 7), (14, 7)])
+def test_interrupted_and_resumed_equals_uninterrupted_bitwise(tmp_path: Path, stop_at: int, ckpt_steps: int,
+                                                              grouped: bool) -> None:
+    reference = _run(tmp_path / "straight", grouped=grouped, ckpt_steps=ckpt_steps)
     with pytest.raises(_Interrupt):
-        _run(tmp_path / "killed", stop_at=stop_at, grouped=grouped)
-    resumed = _run(tmp_path / "killed", resume=True, grouped=grouped)
+        _run(tmp_path / "killed", stop_at=stop_at, grouped=grouped, ckpt_steps=ckpt_steps)
+    resumed = _run(tmp_path / "killed", resume=True, grouped=grouped, ckpt_steps=ckpt_steps)
     for key, value in reference.model_S.state_dict().items():
         assert torch.equal(resumed.model_S.state_dict()[key], value), key
     for key, value in reference.loss_plan.state_dict().items():
         assert torch.equal(resumed.loss_plan.state_dict()[key], value), key
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 18)), "metrics.jsonl must hold each step once after a resume"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", ["truncated model.safetensors", "broken state.json", "missing state.safetensors"])
+def test_a_corrupt_newest_checkpoint_is_named_and_the_run_resumes_from_the_one_before(
+        tmp_path: Path, damage: str) -> None:
+    reference = _run(tmp_path / "straight")
+    with pytest.raises(_Interrupt):
+        _run(tmp_path / "killed", stop_at=9)
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    newest = checkpoints / "step-00000009"
+    if damage.startswith("truncated"):
+        _truncate(newest / "model.safetensors")
+    elif damage.startswith("broken"):
+        (newest / "state.json").write_text('{"global_step": 9, "epoch"', encoding="utf-8")
+    else:
+        (newest / "state.safetensors").unlink()
+    with pytest.warns(UserWarning, match=r"checkpoint .*step-00000009 cannot be read \(.*\); kept as "
+                                         r"step-00000009\.corrupt and resuming from the next older checkpoint"):
+        resumed = _run(tmp_path / "killed", resume=True)
+    # nothing was lost: from step 6 the run replays to the same weights, and the damaged files stay
+    for key, value in reference.model_S.state_dict().items():
+        assert torch.equal(resumed.model_S.state_dict()[key], value), key
+    assert (checkpoints / "step-00000009.corrupt").is_dir()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 18))
+
+
+def test_resume_with_every_checkpoint_corrupt_says_so(tmp_path: Path) -> None:
+    with pytest.raises(_Interrupt):
+        _run(tmp_path, stop_at=6)
+    for directory in (tmp_path / "checkpoints").iterdir():
+        _truncate(directory / "model.safetensors")
+    with pytest.warns(UserWarning, match="cannot be read"), \
+            pytest.raises(KDError, match=r"no checkpoint under .* can be read: step-00000006 \(model.safetensors is "
+                                         r"damaged .*\); step-00000003 .* Run without --resume to start afresh"):
+        _run(tmp_path, resume=True)
+
+
+def test_a_fresh_start_removes_the_checkpoints_of_an_earlier_run(tmp_path: Path) -> None:
+    _run(tmp_path)  # 17 steps, checkpoints at 3, 6, ..., 15 and 17
+    distiller = _distiller(tmp_path, ckpt_steps=2, keep_checkpoints=1)
+    loader = DataLoader(TokenDataset(size=16), batch_size=4)
+    with pytest.warns(UserWarning, match=r"starting afresh in .*: removing 6 checkpoint\(s\) of an earlier run"):
+        distiller.train(torch.optim.SGD(distiller.model_S.parameters(), lr=0.1), loader, num_steps=4)
+    # kept, step 17 of the other run would outrank this run's own newest checkpoint
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000004"]
 
 
 def test_outputs_checkpoints_and_metrics(tmp_path: Path) -> None:

@@ -123,15 +123,48 @@ def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor],
     return final
 
 
+class CorruptCheckpointError(KDError):
+    """A checkpoint's files are missing or cannot be read (a disk filled up, a copy cut short)."""
+
+    def __init__(self, directory: Path, reason: str) -> None:
+        self.directory = directory
+        self.reason = reason
+        super().__init__(f"checkpoint {directory} cannot be read: {reason}")
+
+
 def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint`: (model state, training state)."""
+    """Read a checkpoint written by :func:`save_checkpoint`: (model state, training state).
+
+    Raises :class:`CorruptCheckpointError` naming the file when one is missing or unreadable.
+    """
     missing = [n for n in (MODEL_FILE, STATE_TENSORS_FILE, STATE_JSON_FILE) if not (directory / n).is_file()]
     if missing:
-        raise KDError(f"checkpoint {directory} is incomplete: missing {', '.join(missing)}")
-    model_state = load_file(str(directory / MODEL_FILE))
-    tensors = load_file(str(directory / STATE_TENSORS_FILE))
-    skeleton = json.loads((directory / STATE_JSON_FILE).read_text(encoding="utf-8"))
-    return model_state, unflatten_state(skeleton, tensors)
+        raise CorruptCheckpointError(directory, f"missing {', '.join(missing)}")
+    parts: dict[str, Any] = {}
+    for name, read in ((MODEL_FILE, load_file), (STATE_TENSORS_FILE, load_file),
+                       (STATE_JSON_FILE, lambda p: json.loads(Path(p).read_text(encoding="utf-8")))):
+        try:
+            parts[name] = read(str(directory / name))
+        except Exception as exc:  # safetensors, JSON and decoding errors alike: the file is damaged
+            raise CorruptCheckpointError(directory, f"{name} is damaged ({type(exc).__name__}: {exc})") from None
+    try:
+        state = unflatten_state(parts[STATE_JSON_FILE], parts[STATE_TENSORS_FILE])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CorruptCheckpointError(directory, f"{STATE_JSON_FILE} does not match {STATE_TENSORS_FILE} "
+                                                f"({type(exc).__name__}: {exc})") from None
+    return parts[MODEL_FILE], state
+
+
+def set_aside(directory: Path) -> Path:
+    """Rename a corrupt checkpoint so that it is kept for inspection but never read again
+    (``step-00000040.corrupt``); returns its new path."""
+    target = directory.with_name(f"{directory.name}.corrupt")
+    number = 1
+    while target.exists():
+        number += 1
+        target = directory.with_name(f"{directory.name}.corrupt-{number}")
+    os.replace(directory, target)
+    return target
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -141,12 +174,6 @@ def list_checkpoints(root: Path) -> list[Path]:
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
              and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under ``root``, or None."""
-    found = list_checkpoints(root)
-    return found[-1] if found else None
 
 
 def rng_state() -> dict[str, Any]:

@@ -19,6 +19,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,12 @@ from tqdm.auto import tqdm
 
 from kd_core import distributed
 from kd_core.checkpoint import (
-    latest_checkpoint,
+    CorruptCheckpointError,
     list_checkpoints,
     load_checkpoint,
     rng_state,
     save_checkpoint,
+    set_aside,
     set_rng_state,
 )
 from kd_core.config import TrainingConfig
@@ -166,14 +168,13 @@ class Engine:
         position = _Position()
         resume_state = None
         if resume:
-            path = latest_checkpoint(self.output_dir / CHECKPOINTS_DIR) if resume is True else Path(resume)
-            if path is None:
-                raise KDError(f"--resume: no checkpoint found under {self.output_dir / CHECKPOINTS_DIR}")
-            resume_state = self._restore(path, optimizer, scheduler, scaler, total_steps, accum, epoch_len)
+            resume_state = self._resume(resume, optimizer, scheduler, scaler, total_steps, accum, epoch_len)
             position = _Position(resume_state["global_step"], resume_state["epoch"],
                                  resume_state["batch_in_epoch"])
-        elif t.seed is not None:
-            seed_everything(t.seed)
+        else:
+            self._clear_earlier_checkpoints()
+            if t.seed is not None:
+                seed_everything(t.seed)
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         metrics = _MetricsLog(self.output_dir / METRICS_FILE, truncate_after=position.global_step,
@@ -242,8 +243,9 @@ class Engine:
                     sums, pending = {}, 0
                     if self.dist.is_main and self._checkpoint_due(position.global_step, total_steps, step_in_epoch,
                                                                   steps_per_epoch, epoch_done, end_of_epoch):
-                        last_checkpoint = self._save(position, optimizer, scheduler, scaler,
-                                                     epoch_rng, total_steps, accum, epoch_len, skipped)
+                        last_checkpoint = self._save(position, optimizer, scheduler, scaler, epoch_rng,
+                                                     _loader_rng_state(dataloader), total_steps, accum, epoch_len,
+                                                     skipped)
                         if callback is not None:
                             callback(model=self.model_S, step=position.global_step)
                             self.model_S.train()
@@ -267,6 +269,10 @@ class Engine:
         """An iterator over this epoch's remaining batches, and the epoch-start RNG states."""
         if resume_state is None or position.batch_in_epoch == 0:
             if resume_state is not None:
+                # a checkpoint at the end of an epoch: the loader's generators go on from where
+                # that epoch left them, as in the run that was never interrupted
+                if "loader_rng" in resume_state:  # (checkpoints of kd before 0.1.1 lack it)
+                    _set_loader_rng_state(dataloader, resume_state["loader_rng"])
                 set_rng_state(resume_state["rng"])
             epoch_rng = _loader_rng_state(dataloader)
             return iter(dataloader), epoch_rng
@@ -307,7 +313,7 @@ class Engine:
         return step_in_epoch % interval == 0 or end_of_epoch
 
     def _save(self, position: _Position, optimizer: torch.optim.Optimizer, scheduler: Any,
-              scaler: Any, epoch_rng: dict[str, Any], total_steps: int, accum: int,
+              scaler: Any, epoch_rng: dict[str, Any], loader_rng: dict[str, Any], total_steps: int, accum: int,
               epoch_len: int | None, skipped_nonfinite: int = 0) -> Path:
         state = {
             "skipped_nonfinite": skipped_nonfinite,
@@ -323,6 +329,7 @@ class Engine:
             "extra": {name: m.state_dict() for name, m in self.extra_modules().items()},
             "rng": rng_state(),
             "epoch_rng": epoch_rng,
+            "loader_rng": loader_rng,
         }
         root = self.output_dir / CHECKPOINTS_DIR
         path = save_checkpoint(root, position.global_step, self.model_S.state_dict(), state)
@@ -330,6 +337,39 @@ class Engine:
             for old in list_checkpoints(root)[: -self.t_config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         return path
+
+    def _clear_earlier_checkpoints(self) -> None:
+        """A run that starts afresh removes the checkpoints an earlier run left in its folder:
+        kept, they would outrank its own when old ones are pruned and when it is resumed."""
+        earlier = list_checkpoints(self.output_dir / CHECKPOINTS_DIR)
+        if not earlier or not self.dist.is_main:
+            return
+        warnings.warn(f"starting afresh in {self.output_dir}: removing {len(earlier)} checkpoint(s) of an earlier run "
+                      "(use --resume, or resume=True, to continue that run instead)", stacklevel=3)
+        for path in earlier:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _resume(self, resume: bool | str | Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                total_steps: int, accum: int, epoch_len: int | None) -> dict[str, Any]:
+        """Restore the newest readable checkpoint (or the one ``resume`` names). A corrupt newest
+        one is named in a warning and set aside (``.corrupt``), and the next older one is used."""
+        root = self.output_dir / CHECKPOINTS_DIR
+        candidates = [Path(resume)] if resume is not True else list(reversed(list_checkpoints(root)))
+        if not candidates:
+            raise KDError(f"--resume: no checkpoint found under {root}; run without --resume to start afresh")
+        damaged = []
+        for path in candidates:
+            try:
+                return self._restore(path, optimizer, scheduler, scaler, total_steps, accum, epoch_len)
+            except CorruptCheckpointError as exc:
+                if resume is not True:
+                    raise
+                damaged.append(f"{path.name} ({exc.reason})")
+                moved = set_aside(path) if self.dist.is_main else path
+                warnings.warn(f"--resume: checkpoint {path} cannot be read ({exc.reason}); kept as {moved.name} and "
+                              "resuming from the next older checkpoint", stacklevel=3)
+        raise KDError(f"--resume: no checkpoint under {root} can be read: {'; '.join(damaged)}. "
+                      "Run without --resume to start afresh")
 
     def _restore(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                  total_steps: int, accum: int, epoch_len: int | None) -> dict[str, Any]:
