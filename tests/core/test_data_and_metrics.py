@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kd_core import ConfigError, DistillationConfig, GeneralDistiller, TrainingConfig, lookup
-from kd_core.data import read_examples, resolve_path
+from kd_core.data import default_text_column, read_examples, read_records, resolve_path
 from kd_core.metrics import accuracy, macro_f1, matthews_corrcoef
 from tests.core.models import TinyEncoder, TokenDataset
 
@@ -25,6 +25,49 @@ def test_tsv_csv_and_jsonl_read_the_same_rows(tmp_path: Path) -> None:
     for name in ("d.tsv", "d.csv", "d.jsonl"):
         assert read_examples(tmp_path / name, ["text", "label"]) == rows, name
         assert read_examples(tmp_path / name, ["text", "label"], limit=2) == rows[:2], name
+
+
+def test_a_plain_text_file_gives_one_example_per_line(tmp_path: Path) -> None:
+    (tmp_path / "corpus.txt").write_text("the first sentence .\n\n  a second , with spaces  \r\nthird\n")
+    assert read_records(tmp_path / "corpus.txt") == [
+        {"text": "the first sentence ."}, {"text": "  a second , with spaces  "}, {"text": "third"}]
+    assert read_records(tmp_path / "corpus.txt", columns=["sentence"], skip=1, limit=1) == \
+        [{"sentence": "  a second , with spaces  "}]
+    (tmp_path / "corpus.text").write_text("one\n")
+    assert read_records(tmp_path / "corpus.text", format="txt") == [{"text": "one"}]
+    with pytest.raises(ConfigError, match=r"cannot tell the format of corpus.text from its suffix; set format to "
+                                          r"one of tsv, csv, jsonl, conll, txt"):
+        read_records(tmp_path / "corpus.text")
+
+
+def test_default_text_column_takes_the_only_column_or_sentence_or_text(tmp_path: Path) -> None:
+    path = tmp_path / "f.tsv"
+    assert default_text_column([{"text": "a"}], path, "-c") == "text"
+    assert default_text_column([{"label": "1", "sentence": "a"}], path, "-c") == "sentence"
+    with pytest.raises(ConfigError, match=r"-c: name the text column of f.tsv; its columns are review, stars"):
+        default_text_column([{"review": "a", "stars": "5"}], path, "-c")
+
+
+def test_a_malformed_json_line_is_named_with_its_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"sentence": "fine", "label": 1}\n\n{"sentence": "cut short", "label": \n'
+                    '{"sentence": "never read", "label": 0}\n')
+    with pytest.raises(ConfigError, match=r"data.train: .*data.jsonl line 3 is not valid JSON \(Expecting value at "
+                                          r"column 36\): '\{\"sentence\": \"cut short\", \"label\":'; fix or "
+                                          r"delete that line"):
+        read_records(path, where="data.train")
+    path.write_text('{"sentence": "fine", "label": 1}\n["a list"]\n')
+    with pytest.raises(ConfigError, match=r"line 2 holds a JSON list, not an object of named columns"):
+        read_records(path)
+    assert read_records(path, limit=1) == [{"sentence": "fine", "label": 1}], "rows before the limit still read"
+
+
+def test_a_short_tsv_row_names_its_row_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "d.tsv"
+    path.write_text("sentence\tlabel\ngood film\t1\nno label here\n")
+    with pytest.raises(ConfigError, match=r"d.tsv row 2 has no value in the column\(s\) label; its columns are "
+                                          r"sentence, label \(a short row"):
+        read_examples(path, ["sentence", "label"], where="data.train")
 
 
 def test_paths_resolve_against_the_recipe_folder_then_the_working_directory(tmp_path: Path, monkeypatch) -> None:
