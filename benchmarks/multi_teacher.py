@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 from kd_core import lookup
 from kd_core.metrics import compute_metric
 from kd_core.paths import resolve_model_path
-from kd_core.recipe import Recipe, run_distill, run_train
+from kd_core.recipe import run_distill, run_train
+from kd_core.schema import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT / "packages" / "kd-core" / "src" / "kd_core" / "demo_data" / "sst2"

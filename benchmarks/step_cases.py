@@ -27,7 +27,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from torch.utils.data import DataLoader
 
 from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig, lookup
-from kd_core.recipe import ModelSpec, StudentSpec
+from kd_core.schema import ModelSpec, StudentSpec
 
 BATCH_SIZE = 32
 LENGTH = 64
@@ -95,7 +95,7 @@ def load_setup(minilm_path: Path, sst2_dir: Path, steps: int) -> Setup:
     from transformers import AutoTokenizer
 
     task = lookup("tasks", "sequence_classification")
-    teacher = task.load_teacher(ModelSpec(model=str(minilm_path), num_labels=2)).eval()
+    teacher = task.load_teacher(ModelSpec(model=str(minilm_path), num_labels=2, allow_untrained_head=True)).eval()
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     lines = (sst2_dir / "train.tsv").read_text(encoding="utf-8").splitlines()[1:1 + steps * BATCH_SIZE]
     rows = [line.split("\t") for line in lines]

@@ -122,8 +122,12 @@ def test_kd_probe_reports_every_layer_and_chance(tmp_path: Path, tiny_teacher_di
                                                  sst2_dir: Path) -> None:
     student = save_tiny_bert(tmp_path / "student", minilm_path, seed=3)
     out = tmp_path / "probe"
+    # the commonest corpus: one sentence per line, no header, no column to name
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(line.split("\t")[0] + "\n" for line in
+                              (sst2_dir / "train.tsv").read_text().splitlines()[1:301]))
     result = CliRunner().invoke(build_cli(), ["probe", "--models", str(tiny_teacher_dir), str(student), "--corpus",
-                                              str(sst2_dir / "train.tsv"), "--limit", "300", "-o", str(out), "-q"])
+                                              str(corpus), "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "probing.json").read_text())
     assert set(report["tasks"]) == {"sentence_length", "word_content", "bigram_shift", "tree_depth",

@@ -46,6 +46,19 @@ def test_rules_then_label(train_tsv: Path, tiny_teacher_dir: Path, tmp_path: Pat
     assert all(len(r[TEACHER_LOGITS]) == 2 for r in _rows(labelled))
 
 
+def test_a_plain_text_corpus_needs_no_column(train_tsv: Path, tiny_teacher_dir: Path, tmp_path: Path) -> None:
+    sentences = [line.split("\t")[0] for line in train_tsv.read_text().splitlines()[1:13]]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sentences) + "\n")
+    grown = tmp_path / "grown.jsonl"
+    _kd("augment", "rules", corpus, "-o", grown, "-a", "masking", "--n", "2", "-q")
+    rows = _rows(grown)
+    assert [r["text"] for r in rows if not r["augmented"]] == sentences
+    labelled = tmp_path / "labelled.jsonl"
+    _kd("augment", "label", corpus, "-o", labelled, "--teacher", tiny_teacher_dir, "-q")
+    assert [r["text"] for r in _rows(labelled)] == sentences
+
+
 def test_mlm_and_generate(train_tsv: Path, mlm_dir: Path, tiny_gpt2: Path, tmp_path: Path) -> None:
     out = _kd("augment", "mlm", train_tsv, "-c", "sentence", "-o", tmp_path / "mlm.jsonl", "--limit", "5",
               "--model", mlm_dir, "--n", "3", "--drop-original", "-q")

@@ -94,7 +94,7 @@ def test_keyword_errors_are_config_errors_too() -> None:
 
 
 def test_a_recipe_reads_a_textbrewer_config_file_as_its_distillation(tmp_path: Path) -> None:
-    from kd_core.recipe import load_recipe
+    from kd_core.schema import load_recipe
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "distill.json").write_text(json.dumps({"temperature": 8, "hard_label_weight": 0.5}))

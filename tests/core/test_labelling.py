@@ -13,9 +13,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig, lookup
+from kd_core.assembly import task_for_name
 from kd_core.features import TEACHER_LOGITS
 from kd_core.labelling import label_file, logits_from_json
-from kd_core.recipe import DataFile, DataSpec, ModelSpec, task_for_name
+from kd_core.schema import DataFile, DataSpec, ModelSpec
 from kd_models.adaptors import HFAdaptor
 
 TEXTS = ["a gorgeous , witty , seductive movie .", "it 's a mess", "the plot is nothing but boilerplate clichés",

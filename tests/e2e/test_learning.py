@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kd_core.recipe import Recipe, measure, run_distill, run_train, task_for
+from kd_core.assembly import task_for
+from kd_core.measure import measure
+from kd_core.recipe import run_distill, run_train
+from kd_core.schema import Recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_teacher]
 
@@ -32,7 +35,7 @@ def test_fine_tuning_then_distilling_on_sst2_improves_loss_and_dev_accuracy(
     })
     task = task_for(teacher_recipe)
     data = task.prepare_data(teacher_recipe.data, teacher_recipe.teacher, None)
-    untrained = task.load_teacher(teacher_recipe.teacher)
+    untrained = task.load_teacher(teacher_recipe.teacher, train_head=True)
     before = measure(untrained, task.adaptor(untrained), data, teacher_recipe)["value"]
 
     report = run_train(teacher_recipe, tmp_path / "teacher")

@@ -63,7 +63,7 @@ def test_two_tasks_one_student(tmp_path: Path, tiny_teacher_dir: Path, minilm_pa
 
 def test_a_recipe_gives_one_task_or_several_not_both() -> None:
     from kd_core import ConfigError
-    from kd_core.recipe import Recipe
+    from kd_core.schema import Recipe
 
     task = {"data": {"train": {"path": "x", "text": "s", "label": "l"}}, "teacher": {"model": "m"}}
     base = {"task": "sequence_classification", "training": {"num_steps": 1}}

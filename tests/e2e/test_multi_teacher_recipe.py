@@ -52,7 +52,7 @@ def test_recipe_with_two_named_teachers(tmp_path: Path, tiny_teacher_dir: Path, 
 @pytest.mark.parametrize("names", [["a", "a"]])
 def test_teacher_names_must_be_unique(names: list[str]) -> None:
     from kd_core import ConfigError
-    from kd_core.recipe import Recipe
+    from kd_core.schema import Recipe
 
     with pytest.raises(ConfigError, match="names must be unique"):
         Recipe.from_dict({"task": "t", "data": {"train": {"path": "x", "text": "s", "label": "l"}},

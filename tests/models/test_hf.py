@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kd_core import ConfigError, FeatureNeeds, lookup
-from kd_core.recipe import DataSpec, ModelSpec, StudentSpec
+from kd_core.schema import DataSpec, ModelSpec, StudentSpec
 from tests.models.tiny import tiny_model
 
 
@@ -43,7 +43,7 @@ def test_student_from_config_keeps_the_teachers_vocabulary_and_labels(tiny_teach
 def test_data_with_sentence_pairs_and_dynamic_padding(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     (tmp_path / "pairs.jsonl").write_text(
         '{"premise": "a man sleeps", "hypothesis": "a person rests", "label": 0}\n'
-        '{"premise": "the cat sat on the mat all day long", "hypothesis": "no", "label": 2}\n')
+        '{"premise": "the cat sat on the mat all day long", "hypothesis": "no", "label": 1}\n')
     task = lookup("tasks", "sequence_classification")
     spec = DataSpec.from_dict({"train": {"path": "pairs.jsonl", "text": ["premise", "hypothesis"], "label": "label"},
                                "max_length": 12})
@@ -52,7 +52,7 @@ def test_data_with_sentence_pairs_and_dynamic_padding(tmp_path: Path, tiny_teach
     assert batch["input_ids"].shape == (2, 12)  # the longer pair is truncated to max_length
     assert batch["attention_mask"][0].sum() == 9  # [CLS] a man sleeps [SEP] a person rests [SEP], padded
     assert set(batch["token_type_ids"][0].tolist()) == {0, 1}  # both segments present
-    assert batch["labels"].tolist() == [0, 2]
+    assert batch["labels"].tolist() == [0, 1]
 
 
 def test_bad_labels_and_missing_columns_are_reported(tmp_path: Path, tiny_teacher_dir: Path) -> None:
@@ -62,7 +62,7 @@ def test_bad_labels_and_missing_columns_are_reported(tmp_path: Path, tiny_teache
     with pytest.raises(ConfigError, match=r"row 1 has label 'positive'; labels must be integer class ids"):
         task.prepare_data(spec, ModelSpec(model=str(tiny_teacher_dir)), tmp_path)
     spec = DataSpec.from_dict({"train": {"path": "d.tsv", "text": "text", "label": "label"}})
-    with pytest.raises(ConfigError, match=r"has no column\(s\) text; its columns are sentence, label"):
+    with pytest.raises(ConfigError, match=r"row 1 has no value in the column\(s\) text; its columns are sentence"):
         task.prepare_data(spec, ModelSpec(model=str(tiny_teacher_dir)), tmp_path)
 
 

@@ -11,9 +11,10 @@ import click
 from kd_analysis.analysis import ANALYSIS_FILE, analyze
 from kd_analysis.curves import read_curves
 from kd_analysis.predictions import predict, texts_of
-from kd_core.data import read_records, resolve_path
+from kd_core.assembly import task_for_name
+from kd_core.data import default_text_column, read_records, resolve_path
 from kd_core.errors import ConfigError
-from kd_core.recipe import DataFile, task_for_name
+from kd_core.schema import DataFile
 
 
 class ManyValues(click.Option):
@@ -44,7 +45,7 @@ class ManyValues(click.Option):
               help="The models, reference (teacher) first: directories or package:MODULE.")
 @click.option("--names", default=None, help="Comma-separated names for the models (default: teacher, student-1, ...).")
 @click.option("--data", "-d", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="A labelled TSV/CSV/JSONL file.")
+              help="A labelled TSV/CSV/JSONL file (or CoNLL, with --task token_classification).")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--text-column", "-c", "text_columns", multiple=True, default=("sentence",), show_default=True,
               help="The text column; twice for a pair.")
@@ -99,9 +100,10 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
               help="The models (teacher first): directories or package:MODULE.")
 @click.option("--names", default=None, help="Comma-separated names for the models (default: teacher, student-1, ...).")
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="A TSV/CSV/JSONL file of sentences.")
+              help="A plain-text file (one sentence per line) or a TSV/CSV/JSONL file of sentences.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--text-column", "-c", default="sentence", show_default=True)
+@click.option("--text-column", "-c", default=None,
+              help="The sentence column (default: the file's only column, else 'sentence' or 'text').")
 @click.option("--columns", "header", default=None, help="Comma-separated column names of a file without a header.")
 @click.option("--limit", type=click.IntRange(min=1), default=2000, show_default=True, help="Sentences read.")
 @click.option("--task", default="sequence_classification", show_default=True,
@@ -111,7 +113,7 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
 @click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def probe_command(models: tuple[str, ...], names: str | None, corpus: Path, output: Path, text_column: str,
+def probe_command(models: tuple[str, ...], names: str | None, corpus: Path, output: Path, text_column: str | None,
                   header: str | None, limit: int, task: str, seed: int, batch_size: int, max_length: int, device: str,
                   quiet: bool) -> None:
     """Probe every layer of the models with SentEval-style tasks built from CORPUS."""
@@ -120,6 +122,7 @@ def probe_command(models: tuple[str, ...], names: str | None, corpus: Path, outp
 
     labels = _model_names(names, models)
     rows = read_records(corpus, limit, "auto", "--corpus", header.split(",") if header else None)
+    text_column = text_column or default_text_column(rows, corpus, "--text-column")
     if text_column not in rows[0]:
         raise ConfigError(f"--text-column: {corpus.name} has no column {text_column!r}; it has {', '.join(rows[0])}")
     tasks = build_tasks([str(row[text_column]) for row in rows], seed)

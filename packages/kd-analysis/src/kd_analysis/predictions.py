@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from kd_core.errors import ConfigError
 from kd_core.features import FeatureNeeds, Features, to_device
-from kd_core.recipe import DataFile, DataSpec, ModelSpec
+from kd_core.schema import DataFile, DataSpec, ModelSpec
 from kd_core.tasks import Task
 
 

@@ -21,7 +21,7 @@ from kd_analysis.predictions import run_over
 from kd_analysis.probing_tasks import ProbingTask
 from kd_core.checkpoint import write_text_atomic
 from kd_core.features import FeatureNeeds
-from kd_core.recipe import DataFile, ModelSpec
+from kd_core.schema import DataFile, ModelSpec
 from kd_core.tasks import Task
 
 PROBING_FILE = "probing.json"
@@ -56,7 +56,7 @@ def layer_representations(task: Task, model: Any, spec: ModelSpec, path: Path, m
     """Per layer, the [N, D] mean of ``model``'s hidden states over each sentence's real tokens."""
     needs = FeatureNeeds({"hidden": {0}})  # adaptors return every layer's hidden states
     layers: list[list[torch.Tensor]] = []
-    data = DataFile(path=str(path), text="text", label="label")
+    data = DataFile(path=str(path), text="text")  # the probe reads the labels itself: the model needs none
     for _, features in run_over(task, model, spec, data, needs, max_length, batch_size, device):
         mask = features["inputs_mask"].unsqueeze(-1).float()
         pooled = [(h.float() * mask).sum(1) / mask.sum(1).clamp(min=1) for h in features["hidden"]]
@@ -113,7 +113,7 @@ def probe(task: Task, models: dict[str, str], tasks: list[ProbingTask], output: 
     bar = tqdm(total=len(models) * len(built), desc="probe", unit="task", disable=not progress)
     for name, path in models.items():
         spec = ModelSpec(model=path)
-        model = task.load_teacher(spec).to(device).eval()
+        model = task.load_teacher(spec, train_head=True).to(device).eval()  # probes read layers, not the head
         results: dict[str, list[float]] = {}
         for t in built:
             layers = layer_representations(task, model, spec, paths[t.name], max_length, batch_size, device)

@@ -10,10 +10,11 @@ from typing import Any
 import click
 import yaml
 
+from kd_core.assembly import task_for_name
 from kd_core.augmentation import augment_file
-from kd_core.data import resolve_path
+from kd_core.data import default_text_column, read_records, resolve_path
 from kd_core.labelling import label_file
-from kd_core.recipe import DataFile, ModelSpec, task_for_name
+from kd_core.schema import DataFile, ModelSpec
 
 
 def _with_options(options: list[Any], function: Any) -> Any:
@@ -27,13 +28,15 @@ def _input_options(function: Any) -> Any:
     """INPUT and the options every subcommand shares."""
     options = [
         click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
-        click.option("--text-column", "-c", "text_columns", multiple=True, required=True,
-                     help="The text column; give it twice for a sentence pair (augmented pairwise)."),
+        click.option("--text-column", "-c", "text_columns", multiple=True,
+                     help="The text column; give it twice for a sentence pair (augmented pairwise). Default: the "
+                          "file's only column (a .txt file's lines), else 'sentence' or 'text'."),
         click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
                      help="The JSON-lines file to write (rerun the same command to resume it)."),
         click.option("--limit", type=click.IntRange(min=1), default=None, help="Read only the first N rows."),
-        click.option("--format", "file_format", type=click.Choice(["auto", "tsv", "csv", "jsonl"]), default="auto",
-                     show_default=True, help="INPUT's format (auto: from its suffix)."),
+        click.option("--format", "file_format", type=click.Choice(["auto", "tsv", "csv", "jsonl", "txt"]),
+                     default="auto", show_default=True,
+                     help="INPUT's format (auto: from its suffix; txt: one text per line)."),
         click.option("--columns", "header", default=None, callback=lambda _c, _p, v: v.split(",") if v else None,
                      help="Comma-separated column names of a TSV/CSV without a header row (CoLA's)."),
         click.option("--overwrite", is_flag=True, help="Start OUTPUT afresh instead of resuming it."),
@@ -60,6 +63,7 @@ def augment_group() -> None:
 
     \b
     kd augment rules INPUT -c sentence -o grown.jsonl          # Tang et al.'s rules, 20 per row
+    kd augment rules corpus.txt -o grown.jsonl                 # one sentence per line
     kd augment mlm INPUT -c sentence -o grown.jsonl --model M  # masked-LM word replacement
     kd augment generate INPUT -c sentence -o new.jsonl --n 1000  # SmolLM2 fine-tuned on INPUT
     kd augment label grown.jsonl -c sentence -o labelled.jsonl --teacher T
@@ -117,6 +121,7 @@ def generate_command(model: str | None, gguf_file: str | None, n: int, batch_siz
 def _run(name: str, options: dict[str, Any], n: int, input_path: Path, text_columns: tuple[str, ...], output: Path,
          limit: int | None, file_format: str, header: list[str] | None, overwrite: bool, quiet: bool, seed: int,
          keep_original: bool, batch_size: int = 32) -> None:
+    text_columns = _text_columns(input_path, text_columns, file_format, header)
     result = augment_file(input_path, text_columns, name, options, output, n=n, seed=seed,
                           keep_original=keep_original, limit=limit, format=file_format, header=header,
                           overwrite=overwrite, progress=not quiet, batch_size=batch_size)
@@ -140,12 +145,20 @@ def label_command(input_path: Path, text_columns: tuple[str, ...], output: Path,
                   header: list[str] | None, overwrite: bool, quiet: bool, teacher: str, task: str,
                   top_k: int | None, batch_size: int, max_length: int, cache_dir: Path | None, device: str) -> None:
     """Write every row of INPUT with the teacher's logits (``teacher_logits``)."""
+    text_columns = _text_columns(input_path, text_columns, file_format, header)
     data = DataFile(path=str(resolve_path(input_path, None, "INPUT")), text=list(text_columns), limit=limit,
                     format=file_format, columns=header)
     written = label_file(task_for_name(task), ModelSpec(model=teacher), data, output, max_length=max_length,
                          batch_size=batch_size, top_k=top_k, cache_dir=cache_dir, device=device,
                          overwrite=overwrite, progress=not quiet)
     click.echo(f"{output}: {written} rows labelled by {teacher}")
+
+
+def _text_columns(path: Path, given: tuple[str, ...], file_format: str, header: list[str] | None) -> tuple[str, ...]:
+    """The text column(s) given with -c, or the file's default text column."""
+    if given:
+        return given
+    return (default_text_column(read_records(path, 1, file_format, "INPUT", header), path, "--text-column"),)
 
 
 def _parse_options(raw: tuple[str, ...]) -> dict[str, Any]:

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import click
 
+from kd_core.assembly import task_for, task_for_name
 from kd_core.checkpoint import write_text_atomic
 from kd_core.distributed import is_main_process
 from kd_core.plugins import registry, skipped_plugins
-from kd_core.recipe import Recipe, load_recipe, recipe_to_yaml, run_distill, run_train, task_for
+from kd_core.preflight import check_recipe, check_training
+from kd_core.recipe import run_distill, run_train
 from kd_core.registry import KINDS
+from kd_core.schema import ModelSpec, Recipe, load_recipe, recipe_to_yaml
 
 
 @click.command("plugins")
@@ -37,6 +40,8 @@ def plugins_command(as_json: bool) -> None:
 
 
 def _run_options(function):
+    function = click.option("--check", is_flag=True,
+                            help="Only check the recipe: build its parts, run one batch, print the plan.")(function)
     function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                             help="Override a recipe field, e.g. --set training.num_steps=100.")(function)
     function = click.option("--resume", is_flag=True,
@@ -47,21 +52,35 @@ def _run_options(function):
 
 
 def _start_run(recipe: Path, output_dir: Path | None, overrides: tuple[str, ...]) -> tuple[Recipe, Path, Path]:
-    """Load and validate the recipe, create the output folder and save the recipe as run there."""
+    """Load and validate the recipe, and choose the output folder (created by :func:`_save_recipe`)."""
     parsed, base_dir = load_recipe(recipe, list(overrides))
     task_for(parsed)  # an unknown task fails before anything is written
-    output_dir = output_dir or Path("runs") / recipe.stem
+    return parsed, base_dir, output_dir or Path("runs") / recipe.stem
+
+
+def _save_recipe(recipe: Recipe, output_dir: Path) -> None:
+    """Create the output folder and save the recipe as run there."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output_dir / "recipe.yaml", recipe_to_yaml(parsed))
-    return parsed, base_dir, output_dir
+    write_text_atomic(output_dir / "recipe.yaml", recipe_to_yaml(recipe))
 
 
 @click.command("distill")
 @_run_options
-def distill_command(recipe: Path, output_dir: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
-    """Distill a teacher into a student as the RECIPE (YAML/JSON) says."""
+def distill_command(recipe: Path, output_dir: Path | None, resume: bool, overrides: tuple[str, ...],
+                    check: bool) -> None:
+    """Distill a teacher into a student as the RECIPE (YAML/JSON) says.
+
+    The recipe is checked first (--check stops there): its models built, one batch run through
+    every loss term, the plan printed.
+    """
     parsed, base_dir, output_dir = _start_run(recipe, output_dir, overrides)
-    report = run_distill(parsed, output_dir, base_dir, resume=resume)
+    checked = check_recipe(parsed, base_dir)
+    if is_main_process():
+        click.echo(checked.text, err=not check)
+    if check:
+        return
+    _save_recipe(parsed, output_dir)
+    report = run_distill(parsed, output_dir, base_dir, resume=resume, checked=checked)
     if not is_main_process():
         return
     click.echo(json.dumps(report, indent=2))
@@ -70,9 +89,16 @@ def distill_command(recipe: Path, output_dir: Path | None, resume: bool, overrid
 
 @click.command("train")
 @_run_options
-def train_command(recipe: Path, output_dir: Path | None, resume: bool, overrides: tuple[str, ...]) -> None:
-    """Fine-tune the RECIPE's teacher on its labelled data."""
+def train_command(recipe: Path, output_dir: Path | None, resume: bool, overrides: tuple[str, ...],
+                  check: bool) -> None:
+    """Fine-tune the RECIPE's teacher on its labelled data (with teacher.finetune's settings, if any)."""
     parsed, base_dir, output_dir = _start_run(recipe, output_dir, overrides)
+    checked = check_training(parsed, base_dir)
+    if is_main_process():
+        click.echo(checked.text, err=not check)
+    if check:
+        return
+    _save_recipe(parsed, output_dir)
     report = run_train(parsed, output_dir, base_dir, resume=resume)
     if not is_main_process():
         return
@@ -84,11 +110,13 @@ def train_command(recipe: Path, output_dir: Path | None, resume: bool, overrides
 @click.option("--quick", is_flag=True, help="A smaller run that finishes in under 3 minutes on 2 CPU cores.")
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
               default=Path("kd-demo-output"), show_default=True)
-def demo_command(quick: bool, output_dir: Path) -> None:
+@click.option("--results", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report here (benchmarks/results/demo-*.json feeds the README's demo table).")
+def demo_command(quick: bool, output_dir: Path, results: Path | None) -> None:
     """Fine-tune the bundled MiniLM teacher on SST-2 and distill it into small students."""
     from kd_core.demo import run_demo
 
-    run_demo(output_dir, quick=quick, echo=click.echo)
+    run_demo(output_dir, quick=quick, echo=click.echo, results=results)
 
 
 @click.command("size")
@@ -102,10 +130,9 @@ def size_command(model: str, task: str, depth: int, as_json: bool) -> None:
     """Parameters and megabytes per module of MODEL (a directory, or package:MODULE)."""
     from dataclasses import asdict
 
-    from kd_core.recipe import ModelSpec, task_for_name
     from kd_core.size import format_sizes, module_sizes
 
-    rows = module_sizes(task_for_name(task).load_teacher(ModelSpec(model=model)), max_depth=depth)
+    rows = module_sizes(task_for_name(task).load_teacher(ModelSpec(model=model), train_head=True), max_depth=depth)
     if as_json:
         click.echo(json.dumps([{**asdict(r), "megabytes": round(r.megabytes, 4)} for r in rows], indent=2))
     else:

@@ -32,3 +32,19 @@ class ShapeError(KDError, ValueError):
 
 class NonFiniteLossError(KDError, FloatingPointError):
     """A loss term became NaN or inf; the message names the term and the step."""
+
+
+class UntrainedHeadError(ConfigError):
+    """A model's task head is not in its checkpoint, so it would start random: every score it gave
+    would be chance, and a student distilled from it would learn nothing."""
+
+    def __init__(self, model: str, weights: list[str], where: str = "teacher") -> None:
+        self.model = model
+        self.weights = weights
+        shown = ", ".join(weights[:4]) + (f" and {len(weights) - 4} more" if len(weights) > 4 else "")
+        super().__init__(
+            f"{where} {model!r} has no trained task head: its checkpoint lacks {shown}, so these weights would be "
+            f"random and every prediction chance. Fine-tune it first with `kd train RECIPE -o DIR` and use DIR/model; "
+            f"in a kd distill recipe, a finetune section does that as the first stage (teacher: {{model: ..., "
+            f"num_labels: N, finetune: {{num_epochs: 2}}}}, trained under OUTPUT/teacher/). To test mechanics only "
+            f"(resume, speed), a recipe may set teacher.allow_untrained_head: true")

@@ -28,7 +28,7 @@ from kd_core.resumable import ResumableJsonl, file_fingerprint
 from kd_core.teacher_cache import TeacherCache, logits_from_parts, stack_logits
 
 if TYPE_CHECKING:
-    from kd_core.recipe import DataFile, ModelSpec
+    from kd_core.schema import DataFile, ModelSpec
     from kd_core.tasks import Task
 
 
@@ -39,7 +39,7 @@ def label_file(task: Task, teacher: ModelSpec, data: DataFile, output: str | Pat
     """Write every row of ``data`` (its ``path``, ``text`` column(s), ``limit``, ``format``; its
     label is kept but not needed) to ``output`` with the ``teacher``'s logits; returns the number
     of rows written."""
-    from kd_core.recipe import DataSpec
+    from kd_core.schema import DataSpec
 
     path = resolve_path(data.path, base_dir, "label input")
     rows = read_records(path, data.limit, data.format, "label input", data.columns, data.skip)

@@ -8,6 +8,7 @@ scheduler. ``plan(features_S, features_T, progress)`` returns ``{term: weighted 
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from torch import nn
 
 from kd_core.config import DistillationConfig, IntermediateMatch
 from kd_core.errors import ConfigError, ShapeError
-from kd_core.features import FeatureNeeds, Features
+from kd_core.features import FEATURE_KEYS, FeatureNeeds, Features
 from kd_core.plugins import lookup
 from kd_core.schedulers import build_scheduler
 
@@ -166,7 +167,11 @@ class LossPlan(nn.Module):
             inter_S = _each(projection, inter_S)
         inter_T = _each(torch.Tensor.detach, inter_T)
         mask = features_S.get("inputs_mask")
-        loss = term.loss(inter_S, inter_T, mask=mask, **match.params)
+        try:
+            loss = term.loss(inter_S, inter_T, mask=mask, **match.params)
+        except ShapeError as exc:
+            raise ShapeError(f"distillation.intermediate_matches[{term.index}] ({match.loss}, layer_S {match.layer_S}, "
+                             f"layer_T {match.layer_T}): {exc}") from None
         return match.weight * loss
 
 
@@ -240,16 +245,19 @@ def _require(features: Features | None, side: str) -> Features:
     return features
 
 
-def _feature(features: Features, key: str, side: str) -> Any:
+def _feature(features: Features, key: str, side: str, where: str = "") -> Any:
     if features.get(key) is None:
+        given = sorted(k for k, v in features.items() if v is not None)
+        close = difflib.get_close_matches(key, sorted({*given, *FEATURE_KEYS}), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(
-            f"the {side}'s adaptor returned no {key!r} (keys: {sorted(features)}); "
+            f"{where}the {side}'s adaptor returned no {key!r} (it gives {', '.join(given)}); {hint}"
             f"the loss plan reads it, so the adaptor must provide it")
     return features[key]
 
 
 def _layers(features: Features, feature: str, layer: int | list[int], side: str, index: int) -> Any:
-    values = _feature(features, feature, side)
+    values = _feature(features, feature, side, f"distillation.intermediate_matches[{index}].feature: ")
     picks = layer if isinstance(layer, list) else [layer]
     for i in picks:
         if not -len(values) <= i < len(values):

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from kd_core.features import Adaptor
 
 if TYPE_CHECKING:
-    from kd_core.recipe import DataSpec, ModelSpec, StudentSpec
+    from kd_core.schema import DataSpec, ModelSpec, StudentSpec
 
 
 @dataclass
@@ -34,8 +34,11 @@ class PreparedData:
 class Task(Protocol):
     """How to load, build, feed and save the models of one kind of problem."""
 
-    def load_teacher(self, spec: ModelSpec) -> nn.Module:
-        """Load the teacher named by the recipe's ``teacher`` section."""
+    def load_teacher(self, spec: ModelSpec, train_head: bool = False) -> nn.Module:
+        """Load the model named by ``spec`` (a recipe's ``teacher`` section). A task head its
+        checkpoint lacks must raise :class:`~kd_core.errors.UntrainedHeadError` unless
+        ``train_head`` (the head is about to be trained, as by ``kd train``) or
+        ``spec.allow_untrained_head`` (then with a warning)."""
 
     def build_student(self, spec: StudentSpec, teacher: nn.Module) -> nn.Module:
         """Build the student from the recipe's ``student`` section (usually from the teacher's

@@ -10,14 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from kd_core.data import read_examples, resolve_path
-from kd_core.errors import ConfigError
+from kd_core.errors import ConfigError, UntrainedHeadError
 from kd_core.features import TEACHER_LOGITS
 from kd_core.labelling import collate_teacher_logits
-from kd_core.paths import resolve_model_path
+from kd_core.paths import looks_like_path, resolve_model_path
 from kd_core.plugins import lookup
-from kd_core.recipe import DataFile, DataSpec, ModelSpec, StudentSpec
+from kd_core.schema import DataFile, DataSpec, ModelSpec, StudentSpec
 from kd_core.tasks import PreparedData
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
 from kd_models.multihead import MultiHeadConfig, MultiHeadForSequenceClassification
@@ -69,7 +70,7 @@ class PadCollator:
         return batch
 
 
-def _label_settings(spec: ModelSpec, path: str, head: str) -> dict[str, Any]:
+def _label_settings(spec: ModelSpec, head: str) -> dict[str, Any]:
     """from_pretrained arguments that give a model the spec's classes.
 
     A checkpoint already trained with a ``head`` (``ForTokenClassification``, ...) must agree with
@@ -81,7 +82,7 @@ def _label_settings(spec: ModelSpec, path: str, head: str) -> dict[str, Any]:
     settings: dict[str, Any] = {"num_labels": spec.num_labels or len(spec.labels)}
     if spec.labels is not None:
         settings.update(id2label=dict(enumerate(spec.labels)), label2id={n: i for i, n in enumerate(spec.labels)})
-    config = AutoConfig.from_pretrained(path)
+    config = load_config(spec.model, "teacher.model")
     if not any(a.endswith(head) for a in config.architectures or []):
         return {**settings, "ignore_mismatched_sizes": True}
     saved = [config.id2label[i] for i in sorted(config.id2label)]
@@ -91,19 +92,63 @@ def _label_settings(spec: ModelSpec, path: str, head: str) -> dict[str, Any]:
     return settings
 
 
+def from_pretrained(auto_class: Any, name: str, where: str, **settings: Any) -> tuple[nn.Module, list[str]]:
+    """``auto_class.from_pretrained`` of the model ``name`` (resolved as
+    :func:`~kd_core.paths.resolve_model_path` does), and the names of the weights its checkpoint
+    did not have (missing, or of another shape), which start random."""
+    path = resolve_model_path(name, where=where)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # kd reports the new weights itself
+    try:
+        model, info = auto_class.from_pretrained(path, output_loading_info=True, **settings)
+    except OSError as exc:
+        raise _load_error(name, path, where, exc) from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    new = sorted({*info.get("missing_keys", ()), *(key for key, *_ in info.get("mismatched_keys", ()))})
+    return model, new
+
+
+def load_config(name: str, where: str) -> Any:
+    """The config of the model ``name``, with errors that say where it was looked for."""
+    path = resolve_model_path(name, where=where)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as exc:
+        raise _load_error(name, path, where, exc) from None
+
+
+def _load_error(name: str, path: str, where: str, exc: OSError) -> ConfigError:
+    if Path(path).exists() or looks_like_path(name):
+        return ConfigError(f"{where}: cannot load {name!r}: {exc}")
+    return ConfigError(f"{where}: {name!r} is not a local folder, and the Hugging Face hub could not give it "
+                       f"({str(exc).splitlines()[0]}); give the path of a model folder or package:MODULE")
+
+
 class SequenceClassificationTask:
     """``sequence_classification``: one label per text or text pair (SST-2, CoLA, MNLI, ...)."""
 
     auto_class: Any = AutoModelForSequenceClassification
     head = "ForSequenceClassification"
 
-    def load_teacher(self, spec: ModelSpec) -> nn.Module:
-        path = resolve_model_path(spec.model)
-        return self.auto_class.from_pretrained(path, **_label_settings(spec, path, self.head))
+    def load_teacher(self, spec: ModelSpec, train_head: bool = False) -> nn.Module:
+        """The model ``spec`` names, with a head for its classes. Unless ``train_head`` (``kd train``,
+        which trains it), a head that its checkpoint does not hold is refused
+        (:class:`~kd_core.errors.UntrainedHeadError`), or only warned about with
+        ``spec.allow_untrained_head``."""
+        model, new = from_pretrained(self.auto_class, spec.model, "teacher.model", **_label_settings(spec, self.head))
+        if new and not train_head:
+            error = UntrainedHeadError(spec.model, new)
+            if not spec.allow_untrained_head:
+                raise error
+            warnings.warn(f"teacher.allow_untrained_head: {error.weights} start random; use this teacher to test "
+                          "mechanics only, its scores are chance", stacklevel=2)
+        return model
 
     def build_student(self, spec: StudentSpec, teacher: nn.Module) -> nn.Module:
         if spec.model is not None:
-            return self.auto_class.from_pretrained(resolve_model_path(spec.model), num_labels=teacher.config.num_labels)
+            return from_pretrained(self.auto_class, spec.model, "student.model",
+                                   num_labels=teacher.config.num_labels)[0]
         overrides = dict(spec.config or {})
         if spec.preset is not None:
             try:
@@ -114,7 +159,7 @@ class SequenceClassificationTask:
         return transformer_student(teacher, **overrides)
 
     def prepare_data(self, spec: DataSpec, teacher_spec: ModelSpec, base_dir: Path | None) -> PreparedData:
-        tokenizer = load_tokenizer(resolve_model_path(teacher_spec.model))
+        tokenizer = load_tokenizer(resolve_model_path(teacher_spec.model, where="teacher.model"))
         train = self._dataset(spec.train, tokenizer, spec.max_length, base_dir, "data.train", teacher_spec)
         evaluation = (self._dataset(spec.eval, tokenizer, spec.max_length, base_dir, "data.eval", teacher_spec)
                       if spec.eval is not None else None)
@@ -128,15 +173,13 @@ class SequenceClassificationTask:
         path, rows = _read(spec, base_dir, where)
         texts = [[str(row[c]) for row in rows] for c in columns]
         encoded = tokenizer(*texts, truncation=True, max_length=max_length)
+        classes = _num_classes(teacher_spec) if spec.label is not None else 0
         examples = []
         for i, row in enumerate(rows):
             example = {k: v[i] for k, v in encoded.items()}
             if spec.label is not None:
-                try:
-                    example["labels"] = int(row[spec.label])
-                except (TypeError, ValueError):
-                    raise ConfigError(f"{where}: {path.name} row {i + 1} has label {row[spec.label]!r}; "
-                                      "labels must be integer class ids") from None
+                example["labels"] = _class_id(row[spec.label], classes, f"{where}: {path.name} row {spec.skip + i + 1}",
+                                              f"{where}.label")
             if spec.teacher_logits is not None:
                 example[TEACHER_LOGITS] = row[spec.teacher_logits]
             examples.append(example)
@@ -150,7 +193,7 @@ class SequenceClassificationTask:
         first teacher's encoder config with ``spec.config`` overrides, and a head per task sized to
         that task's teacher. ``spec.model`` loads a saved multi-head student instead."""
         if spec.model is not None:
-            return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(spec.model))
+            return from_pretrained(AutoModelForSequenceClassification, spec.model, "student.model")[0]
         if spec.preset is not None:
             raise ConfigError("student.preset: multi-task students are built from student.config (overrides of the "
                               "first teacher's encoder config), not from a preset")
@@ -165,7 +208,7 @@ class SequenceClassificationTask:
     def save_model(self, model: nn.Module, directory: Path, teacher_spec: ModelSpec) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(directory, safe_serialization=True)
-        load_tokenizer(resolve_model_path(teacher_spec.model)).save_pretrained(directory)
+        load_tokenizer(resolve_model_path(teacher_spec.model, where="teacher.model")).save_pretrained(directory)
 
 
 class TokenClassificationTask(SequenceClassificationTask):
@@ -192,7 +235,7 @@ class TokenClassificationTask(SequenceClassificationTask):
                  for row in rows]
         encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
         label2id = ({name: i for i, name in enumerate(teacher_spec.labels)} if teacher_spec.labels is not None
-                    else dict(AutoConfig.from_pretrained(resolve_model_path(teacher_spec.model)).label2id))
+                    else dict(load_config(teacher_spec.model, "teacher.model").label2id))
         examples, cut = [], 0
         for i, row in enumerate(rows):
             example = {k: v[i] for k, v in encoded.items()}
@@ -212,6 +255,30 @@ class TokenClassificationTask(SequenceClassificationTask):
     def build_multitask_student(self, spec: StudentSpec, teachers: dict[str, nn.Module]) -> nn.Module:
         """Refused: multi-head students have sequence-classification heads only."""
         raise ConfigError("task: multi-task recipes take sequence_classification tasks only")
+
+
+def _num_classes(spec: ModelSpec) -> int:
+    """How many classes the teacher ``spec`` names: its ``labels``, ``num_labels``, or its config's."""
+    if spec.labels is not None:
+        return len(spec.labels)
+    if spec.num_labels is not None:
+        return spec.num_labels
+    return load_config(spec.model, "teacher.model").num_labels
+
+
+def _class_id(value: Any, classes: int, where: str, field: str) -> int:
+    """``value`` as a class id in ``0..classes-1``; anything else fails naming the row and the fix."""
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} has label {value!r}; labels must be integer class ids 0..{classes - 1} "
+                          f"(check that {field} names the label column)") from None
+    if not 0 <= label < classes:
+        raise ConfigError(f"{where} has label {label}, but the teacher has {classes} classes, so labels must be "
+                          f"0..{classes - 1}. Renumber the labels from 0 (1/2 become 0/1), or give the teacher as many "
+                          f"classes as the data has (teacher.num_labels: {label + 1} for a teacher yet to be "
+                          "fine-tuned)")
+    return label
 
 
 def _read(spec: DataFile, base_dir: Path | None, where: str) -> tuple[Path, list[dict[str, Any]]]:
