@@ -30,16 +30,19 @@ from pathlib import Path
 import torch
 
 from kd_core.paths import resolve_model_path
-from kd_core.recipe import Recipe, run_distill, run_train
+from kd_core.recipe import run_distill, run_train
+from kd_core.schema import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "examples" / "data"
+DEMO_SST2 = ROOT / "packages" / "kd-core" / "src" / "kd_core" / "demo_data" / "sst2"
 RESULTS = ROOT / "benchmarks" / "results"
 COLA_COLUMNS = ["source", "label", "mark", "sentence"]
 DATASETS = {
     "sst2": {"metric": "accuracy",
-             "train": {"path": str(DATA / "sst2" / "train.tsv"), "text": "sentence", "label": "label"},
-             "eval": {"path": str(DATA / "sst2" / "dev.tsv"), "text": "sentence", "label": "label"}},
+             # the first 1,000 rows of SST-2's training split, as the results were measured on
+             "train": {"path": str(DATA / "sst2" / "train-first-1000.tsv"), "text": "sentence", "label": "label"},
+             "eval": {"path": str(DEMO_SST2 / "dev.tsv"), "text": "sentence", "label": "label"}},
     "cola": {"metric": "matthews",
              "train": {"path": str(DATA / "cola" / "in_domain_train.tsv"), "text": "sentence", "label": "label",
                        "columns": COLA_COLUMNS},

@@ -69,7 +69,7 @@ def test_cola_example_scores_the_in_domain_and_out_of_domain_dev_sets(tmp_path: 
                       "--set", "training.num_epochs=null", "--set", "data.extra_eval.out_of_domain.limit=16",
                       "--set", "student.config={num_hidden_layers: 2, hidden_size: 32, intermediate_size: 64}")
     assert report["metric"] == "matthews"
-    cola = RECIPES.parents[2] / "shared" / "data" / "cola"
+    cola = RECIPES.parent / "data" / "cola"
     for side, model_dir in (("teacher", tiny_teacher_dir), ("student", out / "student")):
         for name, file in (("in_domain", "in_domain_dev.tsv"), ("out_of_domain", "out_of_domain_dev.tsv")):
             rows = [line.split("\t") for line in (cola / file).read_text().splitlines()[:16]]
