@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_teacher]
 
 
 def test_kd_demo_quick_prints_the_table_and_writes_report_and_plots(tmp_path: Path, minilm_path: Path) -> None:
-    result = CliRunner().invoke(build_cli(), ["demo", "--quick", "-o", str(tmp_path)])
+    results = tmp_path / "results" / "demo.json"
+    result = CliRunner().invoke(build_cli(), ["demo", "--quick", "-o", str(tmp_path), "--results", str(results)])
     assert result.exit_code == 0, result.output
     assert "MiniLM-L6 teacher" in result.output and "bert-3x144 (BERT 3x144, ETD)" in result.output
     report = json.loads((tmp_path / "report.json").read_text())
@@ -37,6 +38,9 @@ def test_kd_demo_quick_prints_the_table_and_writes_report_and_plots(tmp_path: Pa
     assert set(report["plots"]) >= {"learning_curves.png", "confidence.png"}
     analysis = json.loads((tmp_path / "analysis.json").read_text())
     assert analysis["models"]["bert-3x144"]["value"] == pytest.approx(student["value"], abs=1e-6)
+    assert report["analysis"]["agreement_with_teacher"]["bert-3x144"] == pytest.approx(
+        analysis["comparisons"]["bert-3x144"]["agreement"], abs=1e-4)
+    assert json.loads(results.read_text()) == report, "--results holds the report the README table is made from"
 
     again = CliRunner().invoke(build_cli(), ["demo", "--quick", "-o", str(tmp_path)])
     assert again.exit_code == 0, again.output

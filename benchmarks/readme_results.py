@@ -1,0 +1,211 @@
+"""Write the README's result blocks from the committed results files, so that no number in them
+is typed by hand. Each block stands between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``
+and is rendered from the one file :data:`BLOCKS` names::
+
+    .venv/bin/python -m benchmarks.readme_results [--check]
+
+``--check`` fails (exit 1) when a block differs from what its file gives, instead of writing it.
+The benchmark tables of ``make bench`` have their own block and script (benchmarks/readme_tables.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _machine(machine: Any) -> str:
+    if isinstance(machine, str):
+        return machine
+    return f"{machine['processor']}, {machine['cores']} cores, torch {machine['torch']} ({machine['cpu_capability']})"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60} s"
+
+
+def demo(results: dict[str, Any], source: str) -> list[str]:
+    """The demo's table: each model's dev accuracy, retention, size and latency."""
+    teacher = results["teacher"]
+    rows = [[teacher["title"], f"{teacher['value']:.4f}", "", f"{teacher['params']:,}", "",
+             f"{teacher['disk_mib']:.1f}", f"{teacher['latency_ms']:.1f}", ""]]
+    for name, s in results["students"].items():
+        rows.append([f"student `{name}` ({s['title']})", f"{s['value']:.4f}", f"{s['retention']:.3f}",
+                     f"{s['params']:,}", f"{s['params_ratio']:.2f}", f"{s['disk_mib']:.1f}",
+                     f"{s['latency_ms']:.1f}", f"{s['speedup']:.2f}"])
+    device = teacher.get("latency_device", "cpu")
+    lines = [f"Measured on {results['date']} by `kd demo --results {source}` ({_machine(results['machine'])}): "
+             f"{_minutes(results['wall_time_s'])} in all"
+             + (f", the teacher's fine-tuning ({_minutes(teacher['fine_tuning_seconds'])} when it ran) reused from "
+                f"the output folder" if teacher.get("fine_tuning_seconds") else "")
+             + f". Dev accuracy on all 872 SST-2 dev sentences; latency is the median milliseconds per batch of 32 on "
+               f"{device}, the device synchronised around each batch.", "",
+             *_table(["model", "dev acc", "retention", "params", "x fewer", "MiB", "ms / batch", "speedup"], rows)]
+    analysis = results.get("analysis")
+    if analysis:
+        agreement = ", ".join(f"`{n}` {v:.1%}" for n, v in analysis["agreement_with_teacher"].items())
+        ece = ", ".join(f"{n} {v:.3f}" for n, v in analysis["ece"].items())
+        lines += ["", f"From `kd analyze` in the same run: agreement with the teacher on the dev sentences "
+                      f"{agreement}; expected calibration error {ece}."]
+    return lines
+
+
+def demo_recipe(results: dict[str, Any], source: str) -> list[str]:
+    """The candidates the demo's students were chosen from, scored on the validation split."""
+    chosen = {c["candidate"] for c in results["chosen"].values()}
+    rows = [[r["candidate"], f"{r['validation_accuracy']:.3f}", _minutes(r["seconds"]),
+             "chosen" if r["candidate"] in chosen else "", "yes" if r["is_demo"] else ""]
+            for r in results["candidates"]]
+    teacher = results["candidates"][0]["teacher_validation_accuracy"]
+    return [f"Measured on {results['date']} by `python -m benchmarks.demo_recipe` ({source}, "
+            f"{_machine(results['machine'])}); the teacher scores {teacher:.3f} on this validation split "
+            f"({results['validation']}) and {results['teacher_dev_accuracy']:.4f} on dev.", "",
+            *_table(["candidate", "validation acc", "time", "choice", "the demo's before this run"], rows)]
+
+
+def augmentation(results: dict[str, Any], source: str) -> list[str]:
+    """Students with and without a grown transfer set."""
+    rows = []
+    for name, data in results["results"].items():
+        s = data["students"]
+        cells = [f"{s[k][w]['value']:.3f}" for k in ("bilstm", "small_bert")
+                 for w in ("without_augmentation", "with_augmentation")]
+        rows.append([f"{name} ({data['metric']})", f"{data['teacher']:.3f}", *cells,
+                     f"{s['bilstm']['with_augmentation']['transfer_rows']:,} rows"])
+    return [f"Measured by `python -m benchmarks.augmentation` ({source}, {_machine(results['machine'])}):", "",
+            *_table(["data", "teacher", "BiLSTM without", "BiLSTM with", "small BERT without", "small BERT with",
+                     "transfer set"], rows)]
+
+
+def probing(results: dict[str, Any], source: str) -> list[str]:
+    """Each probing task's chance level and each model's best layer."""
+    report = results["probing"]
+    names = list(report["models"])
+    rows, unbuilt = [], []
+    for task, entry in report["tasks"].items():
+        if not entry["built"]:
+            unbuilt.append(f"{task} ({entry['reason']})")
+            continue
+        cells = []
+        for name in names:
+            scores = report["models"][name]["tasks"][task]
+            best = max(range(len(scores)), key=scores.__getitem__)
+            cells.append(f"{scores[best]:.3f} (layer {best})")
+        rows.append([task, f"{entry['chance']:.3f}", *cells])
+    lines = [f"Measured on {results['date']} by `python -m benchmarks.probing` ({source}, "
+             f"{_machine(results['machine'])}, {_minutes(results['seconds'])}): the demo's models on "
+             f"{results['corpus']}; test accuracy of the best layer's probe (layer 0 = embeddings).", "",
+             *_table(["task", "chance", *names], rows)]
+    if unbuilt:
+        lines += ["", "Not built from this corpus: " + "; ".join(unbuilt) + "."]
+    return lines
+
+
+def etd_convergence(results: dict[str, Any], source: str) -> list[str]:
+    """Steps each initialisation needs to reach random init's final distillation loss."""
+    summary = results["summary"]
+    rows = [[name, f"{s['params']:,}", f"{s['first_loss']:.3f}", f"{s['final_smoothed_loss']:.3f}",
+             f"{s['steps_to_rand_init_final_loss']} ({s['fraction_of_rand_init_steps']:.3f})",
+             f"{s['dev_accuracy']:.3f}"] for name, s in summary.items()]
+    settings = results["settings"]
+    return [f"Measured by `python -m benchmarks.etd_convergence` ({source}, {_machine(results['machine'])}): "
+            f"{settings['steps']} steps on {settings['train_rows']:,} SST-2 sentences, teacher dev accuracy "
+            f"{results['teacher_dev_accuracy']:.3f}; losses are {settings['window']}-step moving averages.", "",
+            *_table(["init", "params", "first loss", "final loss", "steps to rand init's final loss (fraction)",
+                     "dev acc"], rows)]
+
+
+def teacher_cache_topk(results: dict[str, Any], source: str) -> list[str]:
+    """The error a top-k teacher cache puts into the loss."""
+    mass = ", ".join(f"top {k}: {v:.0%}" for k, v in results["top_k_probability_mass_t1"].items())
+    rows = [[r["loss"], f"{r['temperature']:g}", r["k"], f"{r['exact']:.3f}", f"{r['top_k']:.3f}",
+             f"{r['relative_error']:.1%}"] for r in results["rows"]]
+    return [f"Measured by `python -m benchmarks.teacher_cache_topk` ({source}, {_machine(results['machine'])}): "
+            f"{results['tokens']} tokens, vocabulary {results['vocabulary']:,}; probability mass at T=1: {mass}.", "",
+            *_table(["loss", "T", "k", "full logits", "top-k cache", "relative error"], rows)]
+
+
+def multi_teacher(results: dict[str, Any], source: str) -> list[str]:
+    """A student from one teacher and from the ensemble of three."""
+    teachers = ", ".join(f"{v:.3f}" for v in results["teachers_dev_accuracy"])
+    settings = results["settings"]
+    rows = [["teachers (three seeds)", teachers], ["their ensemble (mean of logits)",
+                                                   f"{results['teacher_ensemble_dev_accuracy']:.3f}"],
+            ["student from the first teacher", f"{results['student_dev_accuracy']['single']:.3f}"],
+            ["student from the ensemble", f"{results['student_dev_accuracy']['ensemble']:.3f}"]]
+    return [f"Measured by `python -m benchmarks.multi_teacher` ({source}, {_machine(results['machine'])}): "
+            f"{settings['train_rows']:,} SST-2 sentences, {settings['student_steps']} student steps at "
+            f"T={settings['temperature']}.", "", *_table(["model", "dev accuracy"], rows)]
+
+
+BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
+    "demo": ("demo-cpu-x86_64-2cores.json", demo),
+    "demo_recipe": ("demo-recipe-selection.json", demo_recipe),
+    "augmentation": ("augmentation-cpu-x86_64-2threads.json", augmentation),
+    "probing": ("probing-demo.json", probing),
+    "etd_convergence": ("etd-convergence-cpu-x86_64-2threads.json", etd_convergence),
+    "teacher_cache_topk": ("teacher-cache-topk.json", teacher_cache_topk),
+    "multi_teacher": ("multi-teacher-sst2.json", multi_teacher),
+}
+"""Each README block: the results file it is rendered from, and how."""
+
+
+def render(name: str) -> str:
+    """The block ``name`` with its markers, rendered from its file."""
+    file, renderer = BLOCKS[name]
+    source = f"benchmarks/results/{file}"
+    body = renderer(json.loads((RESULTS / file).read_text(encoding="utf-8")), source)
+    return "\n".join([f"<!-- results:{name} -->", *body, f"<!-- /results:{name} -->"])
+
+
+BLOCK = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", re.S)
+
+
+def update(text: str) -> str:
+    """``text`` with every result block rendered anew; an unknown block name fails."""
+    unknown = [m.group(1) for m in BLOCK.finditer(text) if m.group(1) not in BLOCKS]
+    if unknown:
+        raise SystemExit(f"README.md has result blocks no results file renders: {', '.join(unknown)}")
+    return BLOCK.sub(lambda m: render(m.group(1)), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite (or with ``--check``, compare) the README's result blocks."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="Only check that the README is up to date.")
+    args = parser.parse_args(argv)
+    text = README.read_text(encoding="utf-8")
+    missing = [name for name in BLOCKS if f"<!-- results:{name} -->" not in text]
+    if missing:
+        print(f"README.md lacks the result blocks {', '.join(missing)}")
+        return 1
+    updated = update(text)
+    if args.check:
+        if updated != text:
+            print("README.md's result blocks differ from benchmarks/results; run python -m benchmarks.readme_results")
+            return 1
+        return 0
+    README.write_text(updated, encoding="utf-8")
+    print("README.md: result blocks rendered from benchmarks/results")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
