@@ -22,10 +22,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from kd_core import lookup
-from kd_core.metrics import compute_metric
+from kd_core.metrics import accuracy
 from kd_core.paths import resolve_model_path
 from kd_core.recipe import run_distill, run_train
 from kd_core.schema import Recipe
+from kd_core.tasks import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT / "packages" / "kd-core" / "src" / "kd_core" / "demo_data" / "sst2"
@@ -41,7 +42,7 @@ def _data(rows: int) -> dict:
 def ensemble_accuracy(teachers: list[Path], recipe: Recipe) -> float:
     """Dev accuracy of the teachers' averaged logits (what the ensemble student learns from)."""
     task = lookup("tasks", "sequence_classification")
-    data = task.prepare_data(recipe.data, recipe.primary_teacher, None)
+    data = prepare_data(task, recipe.data, recipe.primary_teacher, None)
     models = [task.load_teacher(recipe.teachers[0].model_copy(update={"model": str(p)})).eval() for p in teachers]
     predictions, golds = [], []
     with torch.no_grad():
@@ -49,7 +50,7 @@ def ensemble_accuracy(teachers: list[Path], recipe: Recipe) -> float:
             inputs = {k: v for k, v in batch.items() if k != "labels"}
             predictions.append(sum(m(**inputs).logits for m in models).argmax(-1))
             golds.append(batch["labels"])
-    return compute_metric("accuracy", torch.cat(predictions), torch.cat(golds))
+    return accuracy(torch.cat(predictions), torch.cat(golds))
 
 
 def main() -> None:

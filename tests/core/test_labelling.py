@@ -13,10 +13,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig, lookup
-from kd_core.assembly import task_for_name
 from kd_core.features import TEACHER_LOGITS
 from kd_core.labelling import label_file, logits_from_json
 from kd_core.schema import DataFile, DataSpec, ModelSpec
+from kd_core.tasks import get_task, prepare_data
 from kd_models.adaptors import HFAdaptor
 
 TEXTS = ["a gorgeous , witty , seductive movie .", "it 's a mess", "the plot is nothing but boilerplate clichés",
@@ -31,7 +31,7 @@ def input_file(tmp_path: Path) -> Path:
 
 
 def _label(teacher: Path, source: Path, output: Path, **options) -> list[dict]:
-    label_file(task_for_name("sequence_classification"), ModelSpec(model=str(teacher)),
+    label_file(get_task("sequence_classification"), ModelSpec(model=str(teacher)),
                DataFile(path=str(source), text="sentence"), output, batch_size=4, progress=False, **options)
     return [json.loads(line) for line in output.read_text().splitlines()]
 
@@ -89,11 +89,11 @@ def test_distiller_uses_stored_logits_instead_of_the_teacher(tiny_teacher_dir: P
                                                             tmp_path: Path) -> None:
     labelled = tmp_path / "labelled.jsonl"
     _label(tiny_teacher_dir, input_file, labelled)
-    task = task_for_name("sequence_classification")
+    task = get_task("sequence_classification")
     spec = ModelSpec(model=str(tiny_teacher_dir))
-    stored = task.prepare_data(DataSpec(train=DataFile(path=str(labelled), text="sentence",
+    stored = prepare_data(task, DataSpec(train=DataFile(path=str(labelled), text="sentence",
                                                        teacher_logits=TEACHER_LOGITS)), spec, None)
-    plain = task.prepare_data(DataSpec(train=DataFile(path=str(labelled), text="sentence")), spec, None)
+    plain = prepare_data(task, DataSpec(train=DataFile(path=str(labelled), text="sentence")), spec, None)
     students = {}
     for name, data in (("stored", stored), ("plain", plain)):
         teacher = task.load_teacher(spec)

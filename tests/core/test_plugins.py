@@ -140,3 +140,62 @@ def test_an_empty_kind_says_what_to_install(fake_entry_points) -> None:
 def test_unknown_kind_is_an_error() -> None:
     with pytest.raises(PluginError, match="unknown registry kind 'loss'"):
         registry("loss")
+
+
+def test_kd_core_registers_its_metrics_through_the_hooks(fake_entry_points) -> None:
+    assert {"accuracy", "matthews", "macro_f1", "entity_f1"} <= set(registry("metrics").names())
+    assert registry("metrics").entry("accuracy").provider.module == "kd_core.builtins"
+    assert lookup("metrics", "entity_f1").reads == "tags"
+
+
+def test_a_plugin_metric_is_found_and_checked_against_the_task(fake_entry_points) -> None:
+    from kd_core.metrics import Metric
+
+    def kd_register_metrics(register):
+        register("always_half", Metric(lambda pred, gold: 0.5, reads="spans"))
+
+    _module("kd_test_metric_plugin", kd_register_metrics=kd_register_metrics)
+    fake_entry_points("metric-plugin", "kd_test_metric_plugin")
+    assert kd_core.get_metric("always_half")(None, None) == 0.5
+
+    class LabelTask:
+        reads = ("labels",)
+
+    with pytest.raises(kd_core.ConfigError, match=r"'always_half' reads spans, but task demo gives metrics labels"):
+        kd_core.get_metric("always_half", LabelTask(), "demo")
+    with pytest.raises(kd_core.ConfigError, match="Did you mean 'accuracy'"):
+        kd_core.get_metric("acuracy")
+
+
+def test_builtin_commands_come_from_the_cli_and_a_plugin_cannot_take_their_names(fake_entry_points) -> None:
+    import click
+
+    from kd_core.cli import build_cli
+
+    assert {"plugins", "distill", "train", "demo", "size"} <= set(build_cli().commands)
+    kd_core.reset_plugins()
+
+    def kd_register_commands(cli):
+        cli.add_command(click.Command("distill", callback=lambda: None))
+
+    _module("kd_test_command_plugin", kd_register_commands=kd_register_commands)
+    fake_entry_points("command-plugin", "kd_test_command_plugin")
+    with pytest.raises(DuplicateNameError, match=r"'distill' is registered twice: by kd-core and by "
+                                                 r"kd_test_command_plugin"):
+        build_cli()
+
+
+def test_a_plugin_whose_command_hook_raises_is_skipped_and_its_commands_removed(fake_entry_points) -> None:
+    import click
+
+    from kd_core.cli import build_cli
+
+    def kd_register_commands(cli):
+        cli.add_command(click.Command("half-added", callback=lambda: None))
+        raise RuntimeError("broken after adding one")
+
+    _module("kd_test_broken_commands", kd_register_commands=kd_register_commands)
+    fake_entry_points("broken-commands", "kd_test_broken_commands")
+    with pytest.warns(PluginWarning, match="broken-commands.*broken after adding one"):
+        commands = build_cli().commands
+    assert "half-added" not in commands and "distill" in commands

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig, lookup, registry
 from kd_core.schema import DataSpec, ModelSpec, StudentSpec
+from kd_core.tasks import prepare_data
 
 pytestmark = pytest.mark.real_teacher
 
@@ -25,7 +26,7 @@ STEPS = 3
 def setup(minilm_path: Path, sst2_dir: Path):
     task = lookup("tasks", "sequence_classification")
     teacher_spec = ModelSpec(model=str(minilm_path), num_labels=2, allow_untrained_head=True)  # mechanics only
-    data = task.prepare_data(DataSpec.from_dict({
+    data = prepare_data(task, DataSpec.from_dict({
         "train": {"path": str(sst2_dir / "train.tsv"), "text": "sentence", "label": "label", "limit": 24},
         "max_length": 32}), teacher_spec, None)
     teacher = task.load_teacher(teacher_spec)

@@ -12,6 +12,7 @@ from kd_core.assembly import task_for
 from kd_core.measure import measure
 from kd_core.recipe import run_distill, run_train
 from kd_core.schema import Recipe
+from kd_core.tasks import prepare_data
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_teacher]
 
@@ -34,9 +35,9 @@ def test_fine_tuning_then_distilling_on_sst2_improves_loss_and_dev_accuracy(
         "training": {"batch_size": 32, "num_epochs": 1, "learning_rate": 1e-4, "seed": 0, "progress": False},
     })
     task = task_for(teacher_recipe)
-    data = task.prepare_data(teacher_recipe.data, teacher_recipe.teacher, None)
+    data = prepare_data(task, teacher_recipe.data, teacher_recipe.teacher, None)
     untrained = task.load_teacher(teacher_recipe.teacher, train_head=True)
-    before = measure(untrained, task.adaptor(untrained), data, teacher_recipe)["value"]
+    before = measure(task, untrained, task.adaptor(untrained), data, teacher_recipe)["value"]
 
     report = run_train(teacher_recipe, tmp_path / "teacher")
     losses = _losses(tmp_path / "teacher")
@@ -54,7 +55,7 @@ def test_fine_tuning_then_distilling_on_sst2_improves_loss_and_dev_accuracy(
     student_task = task_for(student_recipe)
     teacher = student_task.load_teacher(student_recipe.teacher)
     fresh = student_task.build_student(student_recipe.student, teacher)
-    student_before = measure(fresh, student_task.adaptor(fresh), data, student_recipe)["value"]
+    student_before = measure(student_task, fresh, student_task.adaptor(fresh), data, student_recipe)["value"]
     distilled = run_distill(student_recipe, tmp_path / "student")
     losses = _losses(tmp_path / "student")
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10

@@ -9,6 +9,7 @@ import torch
 
 from kd_core import ConfigError, FeatureNeeds, lookup
 from kd_core.schema import DataSpec, ModelSpec, StudentSpec
+from kd_core.tasks import prepare_data
 from tests.models.tiny import tiny_model
 
 
@@ -47,7 +48,7 @@ def test_data_with_sentence_pairs_and_dynamic_padding(tmp_path: Path, tiny_teach
     task = lookup("tasks", "sequence_classification")
     spec = DataSpec.from_dict({"train": {"path": "pairs.jsonl", "text": ["premise", "hypothesis"], "label": "label"},
                                "max_length": 12})
-    data = task.prepare_data(spec, ModelSpec(model=str(tiny_teacher_dir)), tmp_path)
+    data = prepare_data(task, spec, ModelSpec(model=str(tiny_teacher_dir)), tmp_path)
     batch = data.collate([data.train[0], data.train[1]])
     assert batch["input_ids"].shape == (2, 12)  # the longer pair is truncated to max_length
     assert batch["attention_mask"][0].sum() == 9  # [CLS] a man sleeps [SEP] a person rests [SEP], padded
@@ -60,10 +61,10 @@ def test_bad_labels_and_missing_columns_are_reported(tmp_path: Path, tiny_teache
     task = lookup("tasks", "sequence_classification")
     spec = DataSpec.from_dict({"train": {"path": "d.tsv", "text": "sentence", "label": "label"}})
     with pytest.raises(ConfigError, match=r"row 1 has label 'positive'; labels must be integer class ids"):
-        task.prepare_data(spec, ModelSpec(model=str(tiny_teacher_dir)), tmp_path)
+        prepare_data(task, spec, ModelSpec(model=str(tiny_teacher_dir)), tmp_path)
     spec = DataSpec.from_dict({"train": {"path": "d.tsv", "text": "text", "label": "label"}})
     with pytest.raises(ConfigError, match=r"row 1 has no value in the column\(s\) text; its columns are sentence"):
-        task.prepare_data(spec, ModelSpec(model=str(tiny_teacher_dir)), tmp_path)
+        prepare_data(task, spec, ModelSpec(model=str(tiny_teacher_dir)), tmp_path)
 
 
 def test_package_model_paths_resolve(minilm_path: Path) -> None:

@@ -11,12 +11,12 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from kd_core.assembly import task_for_name
 from kd_core.cli import build_cli
 from kd_core.data import read_records
 from kd_core.errors import ConfigError
 from kd_core.metrics import entity_f1, entity_spans
 from kd_core.schema import DataFile, DataSpec, ModelSpec
+from kd_core.tasks import get_task, prepare_data
 
 WNUT = Path(__file__).resolve().parents[2] / "examples" / "data" / "wnut16" / "train.txt"
 TYPES = ("company", "facility", "geo-loc", "movie", "musicartist", "other", "person", "product", "sportsteam",
@@ -63,24 +63,25 @@ def test_measure_scores_each_words_tag_only(tmp_path: Path, tiny_teacher_dir: Pa
     recipe = Recipe.from_dict({"task": "token_classification", "data": {"train": {"path": "x", "text": "t"}},
                                "teacher": {"model": "x"}, "training": {"num_steps": 1},
                                "eval": {"metric": "entity_f1"}})
+    task = get_task("token_classification")
     # predicted entities: (company, 0, 0), (company, 1, 1) in sentence 1 and (company, 0, 0) in 2; gold: 2 of them
-    assert measure(Fixed(), Adaptor(), data, recipe)["value"] == pytest.approx(2 * 2 / (3 + 2))
+    assert measure(task, Fixed(), Adaptor(), data, recipe)["value"] == pytest.approx(2 * 2 / (3 + 2))
     accuracy = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"metric": "accuracy"})})
-    assert measure(Fixed(), Adaptor(), data, accuracy)["value"] == pytest.approx(2 / 3)
+    assert measure(task, Fixed(), Adaptor(), data, accuracy)["value"] == pytest.approx(2 / 3)
 
 
 def test_words_cut_off_by_max_length_are_reported(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     path = tmp_path / "long.jsonl"
     path.write_text(json.dumps({"tokens": ["word"] * 30, "tags": ["O"] * 30}) + "\n")
-    task = task_for_name("token_classification")
+    task = get_task("token_classification")
     with pytest.warns(UserWarning, match="cuts off 22 words of 30"):
-        task.prepare_data(DataSpec(train=DataFile(path=str(path), text="tokens", label="tags"), max_length=10),
+        prepare_data(task, DataSpec(train=DataFile(path=str(path), text="tokens", label="tags"), max_length=10),
                           ModelSpec(model=str(tiny_teacher_dir), labels=WNUT_TAGS), None)
 
 
 def test_a_trained_head_must_match_the_recipes_classes(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     with pytest.raises(ConfigError, match="was trained with the classes"):
-        task_for_name("sequence_classification").load_teacher(ModelSpec(model=str(tiny_teacher_dir), num_labels=3))
+        get_task("sequence_classification").load_teacher(ModelSpec(model=str(tiny_teacher_dir), num_labels=3))
 
 
 def test_conll_file_reads_as_sentences(tmp_path: Path) -> None:
@@ -99,9 +100,9 @@ def test_a_words_first_piece_carries_its_tag(tmp_path: Path, tiny_teacher_dir: P
     path = tmp_path / "ner.jsonl"
     path.write_text(json.dumps({"tokens": ["Empire", "State", "Buildingz", "!"],
                                 "tags": ["B-facility", "I-facility", "I-facility", "O"]}) + "\n")
-    task = task_for_name("token_classification")
+    task = get_task("token_classification")
     teacher = ModelSpec(model=str(tiny_teacher_dir), labels=WNUT_TAGS)
-    data = task.prepare_data(DataSpec(train=DataFile(path=str(path), text="tokens", label="tags")), teacher, None)
+    data = prepare_data(task, DataSpec(train=DataFile(path=str(path), text="tokens", label="tags")), teacher, None)
     batch = data.collate([data.train[0]])
     from transformers import AutoTokenizer
 
@@ -113,7 +114,7 @@ def test_a_words_first_piece_carries_its_tag(tmp_path: Path, tiny_teacher_dir: P
     assert [label for piece, label in zip(pieces, labels, strict=True) if piece.startswith("##")] == [-100]
     assert labels[0] == labels[-1] == -100, "special tokens carry no tag"
     with pytest.raises(ConfigError, match=r"tags \['B-facility'.*teacher.labels"):
-        task.prepare_data(DataSpec(train=DataFile(path=str(path), text="tokens", label="tags")),
+        prepare_data(task, DataSpec(train=DataFile(path=str(path), text="tokens", label="tags")),
                           ModelSpec(model=str(tiny_teacher_dir), labels=["O"]), None)
 
 

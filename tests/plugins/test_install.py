@@ -77,6 +77,7 @@ def test_install_packages_one_by_one_into_a_fresh_venv(tmp_path: Path) -> None:
     listing = env.plugins()
     assert _names(listing, "losses")["smooth_l1_hidden"] == "kd-plugin-template"
     assert _names(listing, "projections")["gelu"] == "kd-plugin-template"
+    assert _names(listing, "metrics")["balanced_accuracy"] == "kd-plugin-template"
     check = env.run(str(env.python), "-c",
                     "import torch, kd_core; f = kd_core.lookup('losses', 'smooth_l1_hidden');"
                     "x = torch.zeros(2, 3, 4); print(float(f(x, x + 2, mask=torch.ones(2, 3))))")

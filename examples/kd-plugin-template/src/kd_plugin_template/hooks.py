@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_core import ShapeError, hookimpl
+from kd_core import Metric, ShapeError, hookimpl
 from kd_core.hookspecs import Register
 
 
@@ -27,6 +27,18 @@ def smooth_l1_hidden(state_S: torch.Tensor, state_T: torch.Tensor,
 def gelu_projection(dim_in: int, dim_out: int) -> nn.Module:
     """``gelu(W x + b)``."""
     return nn.Sequential(nn.Linear(dim_in, dim_out), nn.GELU())
+
+
+def balanced_accuracy(pred: torch.Tensor, gold: torch.Tensor) -> float:
+    """Mean over the gold classes of the fraction of each class predicted right (recall), so that
+    a majority class counts no more than a rare one."""
+    recalls = [float((pred[gold == label] == label).float().mean()) for label in torch.unique(gold)]
+    return sum(recalls) / len(recalls)
+
+
+@hookimpl
+def kd_register_metrics(register: Register) -> None:
+    register("balanced_accuracy", Metric(balanced_accuracy, reads="labels"))
 
 
 @hookimpl

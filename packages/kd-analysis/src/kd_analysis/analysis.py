@@ -20,7 +20,7 @@ from kd_analysis.calibration import bins_as_dicts, expected_calibration_error, r
 from kd_analysis.plots import confidence_histograms, learning_curves, reliability_diagrams
 from kd_analysis.predictions import Predictions
 from kd_core.checkpoint import write_text_atomic
-from kd_core.metrics import compute_metric
+from kd_core.tasks import get_metric
 
 ANALYSIS_FILE = "analysis.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -39,7 +39,7 @@ def analyze(models: list[Predictions], texts: list[str], output_dir: Path, metri
     for model in models:
         correct, confidence = model.correct, model.confidence
         report["models"][model.name] = {
-            "value": compute_metric(metric, model.predicted, model.golds),
+            "value": get_metric(metric)(model.predicted, model.golds),
             "accuracy": float(correct.float().mean()),
             "mean_confidence_right": _mean(confidence[correct]),
             "mean_confidence_wrong": _mean(confidence[~correct]),

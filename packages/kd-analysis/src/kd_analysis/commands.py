@@ -11,10 +11,10 @@ import click
 from kd_analysis.analysis import ANALYSIS_FILE, analyze
 from kd_analysis.curves import read_curves
 from kd_analysis.predictions import predict, texts_of
-from kd_core.assembly import task_for_name
 from kd_core.data import default_text_column, read_records, resolve_path
 from kd_core.errors import ConfigError
 from kd_core.schema import DataFile
+from kd_core.tasks import get_metric, get_task
 
 
 class ManyValues(click.Option):
@@ -53,8 +53,8 @@ class ManyValues(click.Option):
 @click.option("--columns", "header", default=None, help="Comma-separated column names of a file without a header.")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option("--task", default="sequence_classification", show_default=True)
-@click.option("--metric", type=click.Choice(["accuracy", "matthews", "macro_f1"]), default="accuracy",
-              show_default=True)
+@click.option("--metric", default="accuracy", show_default=True,
+              help="A registered metric of class labels (accuracy, matthews, macro_f1, or a plugin's).")
 @click.option("--bins", type=click.IntRange(min=2), default=10, show_default=True, help="Confidence bins.")
 @click.option("--examples", type=click.IntRange(min=0), default=5, show_default=True,
               help="Examples shown per cell of each disagreement table.")
@@ -76,7 +76,10 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
     curves = {name: read_curves(Path(run)) for name, run in zip(labels, runs, strict=True)} if runs else None
     data = DataFile(path=str(resolve_path(data_path, None, "--data")), text=list(text_columns), label=label_column,
                     limit=limit, columns=header.split(",") if header else None)
-    registered = task_for_name(task)
+    registered = get_task(task)
+    if get_metric(metric).reads != "labels":
+        raise ConfigError(f"--metric {metric}: kd analyze compares one class per example; choose a metric of "
+                          "class labels (accuracy, matthews, macro_f1)")
     predictions = [predict(registered, name, model, data, max_length, batch_size, device, not quiet)
                    for name, model in zip(labels, models, strict=True)]
     rows = read_records(Path(data.path), data.limit, data.format, "--data", data.columns)
@@ -126,7 +129,7 @@ def probe_command(models: tuple[str, ...], names: str | None, corpus: Path, outp
     if text_column not in rows[0]:
         raise ConfigError(f"--text-column: {corpus.name} has no column {text_column!r}; it has {', '.join(rows[0])}")
     tasks = build_tasks([str(row[text_column]) for row in rows], seed)
-    report = probe(task_for_name(task), dict(zip(labels, models, strict=True)), tasks, output, seed, max_length,
+    report = probe(get_task(task), dict(zip(labels, models, strict=True)), tasks, output, seed, max_length,
                    batch_size, device, not quiet)
     width = max(16, *(len(name) + 2 for name in labels))
     click.echo(f"{'task':<24}{'chance':>8}" + "".join(f"{name:>{width}}" for name in labels) + "   (best layer)")

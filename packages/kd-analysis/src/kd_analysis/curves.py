@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kd_core.engine import METRICS_FILE
+from kd_core import METRICS_FILE
 from kd_core.errors import ConfigError
 
 NOT_LOSSES = frozenset({"step", "epoch", "lr", "elapsed_s", "skipped_nonfinite"})

@@ -9,12 +9,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from kd_core.errors import ConfigError
-from kd_core.features import FeatureNeeds, Features, to_device
-from kd_core.schema import DataFile, DataSpec, ModelSpec
+from kd_core.features import FeatureNeeds, Features
+from kd_core.inference import RunSettings, run_model
+from kd_core.schema import DataFile, ModelSpec
 from kd_core.tasks import Task
 
 
@@ -49,7 +48,7 @@ def predict(task: Task, name: str, model: str, data: DataFile, max_length: int =
     if data.label is None:
         raise ConfigError("kd analyze compares predictions with gold labels; give the label column")
     spec = ModelSpec(model=model)
-    network = task.load_teacher(spec).to(device).eval()
+    network = task.load_teacher(spec)
     probabilities, golds = [], []
     for batch, features in run_over(task, network, spec, data, FeatureNeeds({"logits": set()}), max_length,
                                     batch_size, device, f"predict {name}" if progress else None):
@@ -66,12 +65,9 @@ def run_over(task: Task, model: nn.Module, spec: ModelSpec, data: DataFile, need
              batch_size: int, device: str, progress: str | None = None) -> Iterator[tuple[Any, Features]]:
     """Each batch of ``data`` as ``spec``'s tokenizer reads it (on ``device``), with the features
     ``model`` gives for ``needs``; ``progress`` names a progress bar."""
-    prepared = task.prepare_data(DataSpec(train=data, max_length=max_length), spec, None)
-    adaptor = task.adaptor(model)
-    loader = DataLoader(prepared.train, batch_size=batch_size, collate_fn=prepared.collate)
-    for batch in tqdm(loader, desc=progress, unit="batch", disable=progress is None):
-        batch = to_device(batch, device)
-        yield batch, adaptor.run(model, batch, needs)
+    dataset = task.read(data, spec, max_length, None, "--data")
+    yield from run_model(model, task.adaptor(model), dataset, task.collator(spec), needs,
+                         RunSettings(batch_size, device, progress))
 
 
 def texts_of(rows: list[dict[str, Any]], data: DataFile) -> list[str]:

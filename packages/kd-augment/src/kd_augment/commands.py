@@ -10,11 +10,11 @@ from typing import Any
 import click
 import yaml
 
-from kd_core.assembly import task_for_name
 from kd_core.augmentation import augment_file
 from kd_core.data import default_text_column, read_records, resolve_path
 from kd_core.labelling import label_file
 from kd_core.schema import DataFile, ModelSpec
+from kd_core.tasks import get_task
 
 
 def _with_options(options: list[Any], function: Any) -> Any:
@@ -148,7 +148,7 @@ def label_command(input_path: Path, text_columns: tuple[str, ...], output: Path,
     text_columns = _text_columns(input_path, text_columns, file_format, header)
     data = DataFile(path=str(resolve_path(input_path, None, "INPUT")), text=list(text_columns), limit=limit,
                     format=file_format, columns=header)
-    written = label_file(task_for_name(task), ModelSpec(model=teacher), data, output, max_length=max_length,
+    written = label_file(get_task(task), ModelSpec(model=teacher), data, output, max_length=max_length,
                          batch_size=batch_size, top_k=top_k, cache_dir=cache_dir, device=device,
                          overwrite=overwrite, progress=not quiet)
     click.echo(f"{output}: {written} rows labelled by {teacher}")

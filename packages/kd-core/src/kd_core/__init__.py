@@ -1,9 +1,21 @@
 """kd-core: the knowledge-distillation engine, plugin system and configs of kd.
 
 Public names: :func:`lookup` (the one way to get a registered part), :data:`hookimpl` (for plugin
-authors), :class:`TrainingConfig`, :class:`DistillationConfig`, :class:`BasicTrainer`,
-:class:`BasicDistiller`, :class:`GeneralDistiller`, :class:`MultiTeacherDistiller`,
-:class:`MultiTaskDistiller`, :class:`LossPlan`, :class:`Adaptor`.
+authors), :func:`get_task` and :func:`get_metric`, :class:`TrainingConfig`,
+:class:`DistillationConfig`, :class:`BasicTrainer`, :class:`BasicDistiller`,
+:class:`GeneralDistiller`, :class:`MultiTeacherDistiller`, :class:`MultiTaskDistiller`,
+:class:`LossPlan`, :class:`Adaptor`, :class:`Metric`, :data:`METRICS_FILE`.
+
+Public modules, which plugins and users may import (``make lint`` holds plugins to them):
+``kd_core`` itself, ``kd_core.augmentation`` (growing a file with an augmenter),
+``kd_core.checkpoint`` (checkpoint files, atomic writes), ``kd_core.config``, ``kd_core.data``
+(reading data files), ``kd_core.distillers``, ``kd_core.errors``, ``kd_core.features`` (the
+Features dict, adaptors), ``kd_core.hookspecs``, ``kd_core.inference`` (running a model over a
+dataset), ``kd_core.labelling`` (teacher logits of a file), ``kd_core.loss_plan``,
+``kd_core.metrics``, ``kd_core.paths`` (model paths), ``kd_core.schedulers``, ``kd_core.schema``
+(a recipe's sections), ``kd_core.size``, ``kd_core.tasks`` (the Task protocol) and
+``kd_core.teacher_cache``. The others (the engine, the runs, the CLI, the plugin manager) are
+kd-core's own and may change without notice.
 """
 
 from kd_core.config import DistillationConfig, IntermediateMatch, TrainingConfig
@@ -14,6 +26,7 @@ from kd_core.distillers import (
     MultiTaskDistiller,
     MultiTeacherDistiller,
 )
+from kd_core.engine import METRICS_FILE
 from kd_core.errors import (
     ConfigError,
     DuplicateNameError,
@@ -26,31 +39,39 @@ from kd_core.errors import (
 from kd_core.features import Adaptor, FeatureNeeds, Features
 from kd_core.hookspecs import hookimpl
 from kd_core.loss_plan import LossPlan
+from kd_core.metrics import Metric
 from kd_core.plugins import lookup, registry, reset_plugins
+from kd_core.tasks import Evaluation, Task, get_metric, get_task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METRICS_FILE",
     "Adaptor",
     "BasicDistiller",
     "BasicTrainer",
     "ConfigError",
     "DistillationConfig",
     "DuplicateNameError",
+    "Evaluation",
     "FeatureNeeds",
     "Features",
     "GeneralDistiller",
     "IntermediateMatch",
     "KDError",
     "LossPlan",
+    "Metric",
     "MultiTaskDistiller",
     "MultiTeacherDistiller",
     "NonFiniteLossError",
     "PluginError",
     "ShapeError",
+    "Task",
     "TrainingConfig",
     "UnknownNameError",
     "__version__",
+    "get_metric",
+    "get_task",
     "hookimpl",
     "lookup",
     "registry",

@@ -22,24 +22,16 @@ from kd_core.errors import ConfigError
 from kd_core.plugins import lookup
 from kd_core.sampling import LengthGroupedBatchSampler, example_length
 from kd_core.schema import InitSpec, ModelSpec, Recipe, StudentSpec, TaskSpec, TrainingSpec, teacher_name
-from kd_core.tasks import PreparedData, Task
+from kd_core.tasks import PreparedData, Task, get_task
 
 NUM_BATCHES = "num_batches"
 """The initializer option that says how many batches of ``data.train`` it reads (``etd_impt``'s);
 it may not ask for more than the data gives."""
 
 
-def task_for_name(name: str) -> Task:
-    """The registered task called ``name``; a ConfigError lists the registered ones."""
-    try:
-        return lookup("tasks", name)
-    except LookupError as exc:
-        raise ConfigError(f"task: {exc}") from None
-
-
 def task_for(recipe: Recipe) -> Task:
     """The registered task the recipe names."""
-    return task_for_name(recipe.task)
+    return get_task(recipe.task)
 
 
 def load_teachers(task: Task, recipe: Recipe, train_head: bool = False) -> dict[str, nn.Module]:

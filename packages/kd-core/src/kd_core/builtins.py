@@ -1,15 +1,15 @@
-"""kd-core's built-in parts, registered through the same hooks as every plugin."""
+"""kd-core's built-in parts, registered through the same hooks as every plugin.
+
+kd-core's own commands are not among them: :mod:`kd_core.cli` adds them to the ``kd`` group
+before any plugin's, so that the plugin machinery never imports the runs those commands drive.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from kd_core.features import FeaturesAdaptor
 from kd_core.hookspecs import Register, hookimpl
+from kd_core.metrics import BUILTIN_METRICS
 from kd_core.schedulers import ConstantScheduler
-
-if TYPE_CHECKING:
-    import click
 
 
 @hookimpl
@@ -23,8 +23,6 @@ def kd_register_adaptors(register: Register) -> None:
 
 
 @hookimpl
-def kd_register_commands(cli: click.Group) -> None:
-    from kd_core import commands
-
-    for command in commands.BUILTIN_COMMANDS:
-        cli.add_command(command)
+def kd_register_metrics(register: Register) -> None:
+    for name, metric in BUILTIN_METRICS.items():
+        register(name, metric)

@@ -1,4 +1,5 @@
-"""The ``kd`` command: a click group whose subcommands plugins add via ``kd_register_commands``."""
+"""The ``kd`` command: a click group with kd-core's own subcommands, to which plugins add theirs
+through ``kd_register_commands``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 import click
 
 from kd_core import __version__
+from kd_core.commands import BUILTIN_COMMANDS
 from kd_core.errors import KDError
 from kd_core.plugins import register_commands
 
@@ -21,13 +23,15 @@ class _Group(click.Group):
 
 
 def build_cli() -> click.Group:
-    """The ``kd`` group with every plugin's commands."""
+    """The ``kd`` group: kd-core's commands, then every plugin's."""
 
     @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="kd")
     def cli() -> None:
         """kd: knowledge distillation for NLP models in PyTorch."""
 
+    for command in BUILTIN_COMMANDS:
+        cli.add_command(command)
     register_commands(cli)
     return cli
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from kd_core.assembly import task_for, task_for_name
+from kd_core.assembly import task_for
 from kd_core.checkpoint import write_text_atomic
 from kd_core.distributed import is_main_process
 from kd_core.plugins import registry, skipped_plugins
@@ -15,6 +15,7 @@ from kd_core.preflight import check_recipe, check_training
 from kd_core.recipe import run_distill, run_train
 from kd_core.registry import KINDS
 from kd_core.schema import ModelSpec, Recipe, load_recipe, recipe_to_yaml
+from kd_core.tasks import get_task
 
 
 @click.command("plugins")
@@ -112,11 +113,14 @@ def train_command(recipe: Path, output_dir: Path | None, resume: bool, overrides
               default=Path("kd-demo-output"), show_default=True)
 @click.option("--results", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report here (benchmarks/results/demo-*.json feeds the README's demo table).")
-def demo_command(quick: bool, output_dir: Path, results: Path | None) -> None:
+@click.pass_context
+def demo_command(ctx: click.Context, quick: bool, output_dir: Path, results: Path | None) -> None:
     """Fine-tune the bundled MiniLM teacher on SST-2 and distill it into small students."""
     from kd_core.demo import run_demo
 
-    run_demo(output_dir, quick=quick, echo=click.echo, results=results)
+    group = ctx.find_root().command
+    analyze = group.get_command(ctx, "analyze") if isinstance(group, click.Group) else None
+    run_demo(output_dir, quick=quick, echo=click.echo, results=results, analyze=analyze)
 
 
 @click.command("size")
@@ -132,7 +136,7 @@ def size_command(model: str, task: str, depth: int, as_json: bool) -> None:
 
     from kd_core.size import format_sizes, module_sizes
 
-    rows = module_sizes(task_for_name(task).load_teacher(ModelSpec(model=model), train_head=True), max_depth=depth)
+    rows = module_sizes(get_task(task).load_teacher(ModelSpec(model=model), train_head=True), max_depth=depth)
     if as_json:
         click.echo(json.dumps([{**asdict(r), "megabytes": round(r.megabytes, 4)} for r in rows], indent=2))
     else:

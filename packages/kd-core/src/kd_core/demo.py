@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
+
 from kd_core.checkpoint import write_text_atomic
 from kd_core.errors import KDError
 from kd_core.machine import describe_machine
@@ -163,9 +165,10 @@ def fine_tuned_teacher(settings: DemoSettings, teacher_dir: Path, echo: Callable
 
 
 def run_demo(output_dir: Path, quick: bool = False, echo: Callable[[str], Any] = print,
-             results: Path | None = None) -> dict[str, Any]:
+             results: Path | None = None, analyze: click.Command | None = None) -> dict[str, Any]:
     """Run the demo into ``output_dir`` and return the report (also written as report.json, and
-    to ``results`` when given: the file the README's demo table is generated from)."""
+    to ``results`` when given: the file the README's demo table is generated from). ``analyze`` is
+    the ``kd analyze`` command (from kd-analysis) that draws the figures; without it there are none."""
     settings = SETTINGS[quick]
     _check_plugins(settings)
     started = time.perf_counter()
@@ -191,7 +194,7 @@ def run_demo(output_dir: Path, quick: bool = False, echo: Callable[[str], Any] =
     teacher = {**measured, "title": "MiniLM-L6 teacher", "disk_mib": _disk_mib(teacher_dir / "model"),
                "fine_tuning_seconds": teacher_report["model"].get("seconds")}
     echo(f"[{stages}/{stages}] analysis: predictions, calibration, confidence and learning curves on SST-2 dev")
-    plots = _analyze(output_dir, teacher_dir, settings, echo)
+    plots = _analyze(analyze, output_dir, teacher_dir, settings, echo)
     report = {"task": "sequence_classification", "metric": "accuracy", "data": "SST-2 (bundled subset)",
               "quick": quick, "date": datetime.date.today().isoformat(), "machine": describe_machine(),
               "teacher": teacher, "students": students, "plots": plots, "analysis": _analysis_summary(output_dir),
@@ -216,12 +219,10 @@ def _check_plugins(settings: DemoSettings) -> None:
         raise KDError(f"kd demo needs {', '.join(needed)}; install the missing ones: pip install {' '.join(missing)}")
 
 
-def _analyze(output_dir: Path, teacher_dir: Path, settings: DemoSettings, echo: Callable[[str], Any]) -> list[str]:
+def _analyze(command: click.Command | None, output_dir: Path, teacher_dir: Path, settings: DemoSettings,
+             echo: Callable[[str], Any]) -> list[str]:
     """``kd analyze`` of the teacher and the students on the dev set, with their learning curves,
     written beside report.json; the names of the figures (none without kd-analysis)."""
-    from kd_core.cli import build_cli
-
-    command = build_cli().commands.get("analyze")
     if command is None:
         echo("plots skipped: they come from `kd analyze` (pip install kd-analysis)")
         return []

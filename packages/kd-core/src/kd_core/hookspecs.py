@@ -75,5 +75,12 @@ def kd_register_tasks(register: Register) -> None:
 
 
 @hookspec
+def kd_register_metrics(register: Register) -> None:
+    """Register evaluation metrics (:class:`kd_core.metrics.Metric`): what a task's ``evaluate``
+    computes by name (``accuracy``, ``entity_f1``, ``f1``, ...)."""
+
+
+@hookspec
 def kd_register_commands(cli: click.Group) -> None:
-    """Add subcommands to the ``kd`` command group (``cli.add_command(...)``)."""
+    """Add subcommands to the ``kd`` command group (``cli.add_command(...)``). A name that is
+    taken (by kd-core's own commands or another plugin) fails, naming both."""

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from kd_core.data import read_records, resolve_path
-from kd_core.features import TEACHER_LOGITS, FeatureNeeds, to_device
+from kd_core.features import TEACHER_LOGITS, FeatureNeeds
+from kd_core.inference import RunSettings, run_model
 from kd_core.resumable import ResumableJsonl, file_fingerprint
 from kd_core.teacher_cache import TeacherCache, logits_from_parts, stack_logits
 
@@ -39,30 +40,26 @@ def label_file(task: Task, teacher: ModelSpec, data: DataFile, output: str | Pat
     """Write every row of ``data`` (its ``path``, ``text`` column(s), ``limit``, ``format``; its
     label is kept but not needed) to ``output`` with the ``teacher``'s logits; returns the number
     of rows written."""
-    from kd_core.schema import DataSpec
-
     path = resolve_path(data.path, base_dir, "label input")
     rows = read_records(path, data.limit, data.format, "label input", data.columns, data.skip)
-    model = task.load_teacher(teacher).to(device).eval()
+    model = task.load_teacher(teacher)
     cache = TeacherCache(model, cache_dir, top_k)
     settings = {"input": file_fingerprint(path), "limit": data.limit, "skip": data.skip, "format": data.format,
                 "header": data.columns, "columns": data.text_columns, "teacher": cache.identity,
                 "max_length": max_length, "top_k": top_k}
     unlabelled = data.model_copy(update={"path": str(path), "label": None, "teacher_logits": None})
-    prepared = task.prepare_data(DataSpec(train=unlabelled, max_length=max_length), teacher, None)
+    dataset = task.read(unlabelled, teacher, max_length, None, "label input")
     adaptor = task.adaptor(model)
     needs = FeatureNeeds({"logits": set()})
     with ResumableJsonl(output, settings, overwrite) as stream:
         if stream.complete:
             return stream.written
         start = stream.written  # every unit writes exactly the rows of its batch
-        loader = DataLoader(Subset(prepared.train, range(start, len(rows))), batch_size=batch_size,
-                            collate_fn=prepared.collate)
         bar = tqdm(total=len(rows), initial=start, desc="label", unit="row", disable=not progress)
-        for batch in loader:
-            batch = to_device(batch, device)
-            with torch.no_grad():
-                stored = cache.stored_logits(batch, lambda batch=batch: adaptor.run(model, batch, needs))
+        for _, stored in run_model(model, adaptor, Subset(dataset, range(start, len(rows))), task.collator(teacher),
+                                   needs, RunSettings(batch_size, device),
+                                   forward=lambda batch: cache.stored_logits(batch, lambda: adaptor.run(model, batch,
+                                                                                                        needs))):
             first = stream.written
             stream.write_unit([{**rows[first + i], TEACHER_LOGITS: logits_to_json(parts)}
                                for i, parts in enumerate(stored)])

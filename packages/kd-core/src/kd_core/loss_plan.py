@@ -22,7 +22,6 @@ from kd_core.config import DistillationConfig, IntermediateMatch
 from kd_core.errors import ConfigError, ShapeError
 from kd_core.features import FEATURE_KEYS, FeatureNeeds, Features
 from kd_core.plugins import lookup
-from kd_core.schedulers import build_scheduler
 
 
 @dataclass
@@ -283,3 +282,17 @@ def _as_list(value: Any, length: int | None = None) -> list[Any]:
     if length is not None and value is None:
         return [None] * length
     return [value] if length is None or length == 1 else [value] * length
+
+
+def build_scheduler(spec: str | list[Any], role: str, where: str) -> Any:
+    """Resolve a config's scheduler spec into an object with the method ``role``."""
+    name, args = (spec, []) if isinstance(spec, str) else (spec[0], list(spec[1:]))
+    if name == "none":
+        name = "constant"
+    try:
+        scheduler = lookup("schedulers", name)(*args)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: scheduler {name!r} does not take arguments {args}: {exc}") from exc
+    if not callable(getattr(scheduler, role, None)):
+        raise ConfigError(f"{where}: scheduler {name!r} is not a {role} scheduler")
+    return scheduler

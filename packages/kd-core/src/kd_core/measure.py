@@ -1,55 +1,69 @@
-"""Measuring a model as a run's report does: its eval metric, the metric of chance, its size and
-its latency per batch on the device it ran on (synchronised, so GPU times are real)."""
+"""Measuring a model as a run's report does: its metrics as its task evaluates them, the metric of
+chance (the task's trivial prediction), its size and its latency per batch on the device it ran
+on (synchronised, so GPU times are real)."""
 
 from __future__ import annotations
 
 import statistics
-import time
-from collections import Counter
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from kd_core.errors import ConfigError
-from kd_core.features import Adaptor, FeatureNeeds, to_device
-from kd_core.metrics import compute_metric, entity_f1
-from kd_core.schema import Recipe
-from kd_core.tasks import PreparedData
+from kd_core.features import Adaptor
+from kd_core.inference import RunSettings
+from kd_core.schema import EvalSpec, Recipe
+from kd_core.tasks import Evaluation, PreparedData, Task, eval_metrics
 
 AT_CHANCE_MARGIN = 0.05
 """A teacher whose metric is within this of chance's is reported as being at chance level."""
 
 
-def measure(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Recipe) -> dict[str, Any]:
-    """Eval metric, the metric of chance (always the eval set's most frequent label), parameter
-    count and latency (median milliseconds per eval batch) on ``recipe.training.device``; with
-    ``data.extra_eval``, also ``eval_sets``: each extra set's ``{"value": metric}``."""
+def measure(task: Task, model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Recipe,
+            eval_spec: EvalSpec | None = None) -> dict[str, Any]:
+    """The model on ``data.eval`` as the task evaluates it.
+
+    ``value`` is the recipe's ``eval.metric`` (or the task's first metric) and ``chance`` the same
+    metric of the task's trivial prediction; a task that reports several metrics adds
+    ``metrics`` and ``baseline_metrics``. Then the parameter count and the latency (median
+    milliseconds per eval batch) on ``recipe.training.device``; with ``data.extra_eval``,
+    ``eval_sets``: each extra set's ``{"value", "chance", ...}``. ``eval_spec`` replaces the
+    recipe's ``eval`` section (a task of a multi-task recipe).
+    """
     if data.eval is None:
         raise ConfigError("data.eval is needed to measure a model")
-    value, chance, times = _score(model, adaptor, data.eval, data.collate, recipe)
-    device = torch.device(recipe.training.device)
+    spec = eval_spec or recipe.eval
+    names = eval_metrics(task, spec.metric)
+    settings = RunSettings(batch_size=spec.batch_size, device=recipe.training.device)
+    evaluation = task.evaluate(model, adaptor, data.eval, data.collate, names, settings)
+    times = evaluation.batch_ms
     result: dict[str, Any] = {
-        "value": value,
-        "chance": chance,
+        **_summary(evaluation, names),
         "params": sum(p.numel() for p in model.parameters()),
         # the first batch pays one-off costs (allocations, kernel selection)
         "latency_ms": round(statistics.median(times[1:] or times), 3),
-        "latency_device": device_name(device),
+        "latency_device": device_name(torch.device(settings.device)),
     }
     if data.extra_eval:
-        result["eval_sets"] = {}
-        for name, dataset in data.extra_eval.items():
-            extra_value, extra_chance, _ = _score(model, adaptor, dataset, data.collate, recipe)
-            result["eval_sets"][name] = {"value": extra_value, "chance": extra_chance}
+        result["eval_sets"] = {name: _summary(task.evaluate(model, adaptor, dataset, data.collate, names, settings),
+                                              names) for name, dataset in data.extra_eval.items()}
     return result
 
 
-def measure_against(model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Recipe,
-                    teacher_result: dict[str, Any]) -> dict[str, Any]:
+def _summary(evaluation: Evaluation, names: list[str]) -> dict[str, Any]:
+    head = names[0]
+    summary: dict[str, Any] = {"value": evaluation.values[head], "chance": round(evaluation.baseline[head], 4)}
+    if len(names) > 1:
+        summary["metrics"] = {name: evaluation.values[name] for name in names}
+        summary["baseline_metrics"] = {name: round(evaluation.baseline[name], 4) for name in names}
+    return summary
+
+
+def measure_against(task: Task, model: nn.Module, adaptor: Adaptor, data: PreparedData, recipe: Recipe,
+                    teacher_result: dict[str, Any], eval_spec: EvalSpec | None = None) -> dict[str, Any]:
     """:func:`measure`, plus the retention against the teacher's result."""
-    result = measure(model, adaptor, data, recipe)
+    result = measure(task, model, adaptor, data, recipe, eval_spec)
     result["retention"] = retention(result["value"], teacher_result["value"])
     teacher_sets = teacher_result.get("eval_sets", {})
     for name, entry in result.get("eval_sets", {}).items():
@@ -73,7 +87,8 @@ def at_chance_warning(result: dict[str, Any], metric: str, who: str = "teacher",
     if result["value"] > result["chance"] + AT_CHANCE_MARGIN:
         return None
     return (f"the {who} scores {result['value']:.4f} {metric} on data.eval, within {AT_CHANCE_MARGIN} of chance "
-            f"({result['chance']:.4f}: always predicting the most frequent label). {hint}")
+            f"({result['chance']:.4f}: the task's trivial prediction, such as always the most frequent label). "
+            f"{hint}")
 
 
 def device_name(device: torch.device) -> str:
@@ -83,71 +98,3 @@ def device_name(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return str(device)
-
-
-def _synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so that a clock read after it measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-@torch.no_grad()
-def _score(model: nn.Module, adaptor: Adaptor, dataset: Any, collate: Any,
-           recipe: Recipe) -> tuple[float, float, list[float]]:
-    """The recipe's metric of ``model`` on ``dataset``, the metric of always predicting the most
-    frequent gold label, and the milliseconds each batch took."""
-    device = torch.device(recipe.training.device)
-    was_training = model.training
-    model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=recipe.eval.batch_size, shuffle=False, collate_fn=collate)
-    needs = FeatureNeeds({"logits": set()})
-    predictions, golds, times = [], [], []
-    token_level = None
-    for batch in loader:
-        batch = to_device(batch, device)
-        _synchronize(device)
-        start = time.perf_counter()
-        features = adaptor.run(model, batch, needs)
-        _synchronize(device)
-        times.append((time.perf_counter() - start) * 1000)
-        predicted, labels = features["logits"].argmax(-1).cpu(), features["labels"].cpu()
-        token_level = predicted.dim() == 2
-        if not token_level:
-            predictions.append(predicted)
-            golds.append(labels)
-            continue
-        # token level: one sequence per example, at the labelled tokens (a word's first piece)
-        keep = labels != -100
-        mask = features.get("logits_mask")
-        if mask is not None:
-            keep &= mask.cpu().bool()
-        predictions.extend(p[k] for p, k in zip(predicted, keep, strict=True))
-        golds.extend(g[k] for g, k in zip(labels, keep, strict=True))
-    model.train(was_training)
-    counts = Counter(int(x) for g in golds for x in g.reshape(-1))
-    majority = counts.most_common(1)[0][0] if counts else 0
-    constant = [torch.full_like(g, majority) for g in golds]
-    if recipe.eval.metric == "entity_f1":
-        if token_level is False:
-            raise ConfigError("eval.metric entity_f1 scores tag sequences; this model gives one label per example "
-                              "(use it with task token_classification)")
-        names = _label_names(model)
-        gold_tags = [[names[int(i)] for i in g] for g in golds]
-        value = entity_f1([[names[int(i)] for i in p] for p in predictions], gold_tags)
-        chance = entity_f1([[names[int(i)] for i in c] for c in constant], gold_tags)
-    else:
-        gold = torch.cat(golds)
-        value = compute_metric(recipe.eval.metric, torch.cat(predictions), gold)
-        chance = compute_metric(recipe.eval.metric, torch.cat(constant), gold)
-    return value, round(chance, 4), times
-
-
-def _label_names(model: nn.Module) -> dict[int, str]:
-    names = {int(i): name for i, name in (getattr(getattr(model, "config", None), "id2label", None) or {}).items()}
-    wrong = [name for name in names.values() if name != "O" and not name.startswith(("B-", "I-"))]
-    if not names or wrong:
-        raise ConfigError(f"eval.metric entity_f1 reads BIO tags (O, B-type, I-type) from the model's config.id2label, "
-                          f"which has {list(names.values())[:5]}...; give the teacher its tags (teacher.labels)")
-    return names

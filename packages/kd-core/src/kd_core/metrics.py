@@ -1,9 +1,18 @@
-"""Evaluation metrics over predicted and gold labels (1-D integer tensors), and entity-level F1
-over tag sequences."""
+"""Evaluation metrics, and :class:`Metric`, the form in which they are registered.
+
+A metric is registered through ``kd_register_metrics`` as a :class:`Metric`: the function, what it
+reads and whether higher is better. A task's ``evaluate`` gives each metric the predictions and
+references of the kind it reads (see :data:`READS`) and refuses a metric of a kind it does not
+produce; so a third party adds a metric to an existing task, or a task with its own kind of
+predictions, without touching kd-core. kd-core ships the label and tag metrics below.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -67,11 +76,38 @@ def entity_f1(pred: list[list[str]], gold: list[list[str]]) -> float:
     return 0.0 if correct == 0 else 2 * correct / (found + expected)
 
 
-METRICS = {"accuracy": accuracy, "matthews": matthews_corrcoef, "macro_f1": macro_f1}
+READS = {
+    "labels": "1-D integer tensors of predicted and gold class ids (one per example, or one per labelled token)",
+    "tags": "lists of predicted and gold tag strings, one list per sequence",
+    "answers": "predicted answer strings and, per question, the list of reference answer strings",
+}
+"""The kinds of predictions kd's tasks give metrics. A plugin's task may give a kind of its own."""
 
 
-def compute_metric(name: str, pred: torch.Tensor, gold: torch.Tensor) -> float:
-    """The metric ``name`` (one of :data:`METRICS`)."""
-    if name not in METRICS:
-        raise ConfigError(f"eval.metric: unknown metric {name!r}; choose one of {', '.join(METRICS)}")
-    return METRICS[name](pred, gold)
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: ``compute(predictions, references) -> float`` over the predictions of
+    the kind ``reads`` names (:data:`READS`), and whether a higher value is better."""
+
+    compute: Callable[[Any, Any], float]
+    reads: str = "labels"
+    greater_is_better: bool = True
+
+    def __call__(self, predictions: Any, references: Any) -> float:
+        return float(self.compute(predictions, references))
+
+
+BUILTIN_METRICS = {
+    "accuracy": Metric(accuracy),
+    "matthews": Metric(matthews_corrcoef),
+    "macro_f1": Metric(macro_f1),
+    "entity_f1": Metric(entity_f1, reads="tags"),
+}
+"""The metrics kd-core registers (through its own ``kd_register_metrics``)."""
+
+
+def check_reads(name: str, metric: Metric, given: tuple[str, ...], task: str) -> None:
+    """Refuse ``metric`` when it reads predictions of a kind the task ``task`` does not give."""
+    if metric.reads not in given:
+        raise ConfigError(f"eval.metric {name!r} reads {metric.reads}, but task {task} gives metrics "
+                          f"{' or '.join(given)}; choose a metric for this task (kd plugins lists them)")

@@ -102,14 +102,29 @@ def reset_plugins() -> None:
         _state = None
 
 
-def register_commands(cli: click.Group) -> None:
-    """Let every plugin add its subcommands to the ``kd`` group."""
+def register_commands(cli: click.Group, owner: str = BUILTIN_PLUGIN_NAME) -> None:
+    """Let every plugin add its subcommands to the ``kd`` group. The commands already in ``cli``
+    belong to ``owner``; a plugin that adds a name already taken fails, naming both providers.
+    A plugin whose hook raises is skipped whole, as for the registries."""
     state = _loaded()
+    providers = {name: owner for name in cli.commands}
     for impl in state.manager.hook.kd_register_commands.get_hookimpls():
+        provider = str(state.providers[impl.plugin_name])
+        before = dict(cli.commands)
         try:
             impl.function(cli=cli)
         except Exception as exc:
+            cli.commands.clear()
+            cli.commands.update(before)
             _skip(state, impl.plugin_name, state.providers[impl.plugin_name].distribution, exc)
+            continue
+        for name, command in cli.commands.items():
+            if name in before and before[name] is not command:
+                raise DuplicateNameError(
+                    f"command name {name!r} is registered twice: by {providers[name]} and by {provider}. "
+                    "Uninstall one of them, or block one with KD_DISABLE_PLUGINS."
+                )
+            providers.setdefault(name, provider)
 
 
 def _loaded() -> _PluginState:

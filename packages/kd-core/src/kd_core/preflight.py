@@ -35,7 +35,7 @@ from kd_core.features import FeatureNeeds, Features, to_device, trim_padding
 from kd_core.loss_plan import LossPlan, hard_label_loss
 from kd_core.plugins import lookup
 from kd_core.schema import Recipe
-from kd_core.tasks import PreparedData, Task
+from kd_core.tasks import PreparedData, Task, eval_metrics, get_metric, prepare_data
 
 
 @dataclass
@@ -58,12 +58,13 @@ def check_recipe(recipe: Recipe, base_dir: Path | None = None) -> Check:
     (a :class:`~kd_core.errors.ConfigError` naming the field), or return the plan."""
     started = time.perf_counter()
     task = task_for(recipe)
+    _check_metrics(task, recipe)
     _check_augment(recipe)
     teachers = load_teachers(task, recipe)
     if recipe.tasks is not None:
         check = _check_multitask(task, recipe, teachers, base_dir)
     else:
-        data = task.prepare_data(recipe.data.model_copy(update={"augment": None}), recipe.primary_teacher, base_dir)
+        data = prepare_data(task, recipe.data.model_copy(update={"augment": None}), recipe.primary_teacher, base_dir)
         check = Check(teachers, data, [_data_line(recipe, data)])
         for spec, teacher in zip(recipe.teachers, teachers.values(), strict=True):
             check.lines.append(_teacher_line(spec, teacher))
@@ -93,10 +94,11 @@ def check_training(recipe: Recipe, base_dir: Path | None = None) -> Check:
     data, and the supervised loss of one batch."""
     started = time.perf_counter()
     task = task_for(recipe)
+    _check_metrics(task, recipe)
     check_trainable(recipe)
     recipe = teacher_recipe(recipe, recipe.primary_teacher)
     model = task.load_teacher(recipe.primary_teacher, train_head=True)
-    data = task.prepare_data(recipe.data, recipe.primary_teacher, base_dir)
+    data = prepare_data(task, recipe.data, recipe.primary_teacher, base_dir)
     adaptor = task.adaptor(model)
     batch = to_device(_first_batch(data, recipe), torch.device(recipe.training.device))
     model.to(recipe.training.device).eval()
@@ -110,6 +112,14 @@ def check_training(recipe: Recipe, base_dir: Path | None = None) -> Check:
              f"  one batch: logits {_shape(features['logits'])}, loss {float(loss):.4g}",
              f"check passed in {time.perf_counter() - started:.1f} s"]
     return Check({"teacher": model}, data, lines)
+
+
+def _check_metrics(task: Task, recipe: Recipe) -> None:
+    """Every metric the report will compute is registered and reads what the task gives."""
+    specs = [spec.eval for spec in recipe.tasks.values()] if recipe.tasks is not None else [recipe.eval]
+    for spec in specs:
+        for name in eval_metrics(task, spec.metric):
+            get_metric(name, task, recipe.task)
 
 
 def _check_augment(recipe: Recipe) -> None:
@@ -132,7 +142,7 @@ def _check_augment(recipe: Recipe) -> None:
 
 
 def _check_multitask(task: Task, recipe: Recipe, teachers: dict[str, nn.Module], base_dir: Path | None) -> Check:
-    data = {name: task.prepare_data(spec.data, spec.teacher, base_dir) for name, spec in recipe.tasks.items()}
+    data = {name: prepare_data(task, spec.data, spec.teacher, base_dir) for name, spec in recipe.tasks.items()}
     check = Check(teachers, None)
     student = task.build_multitask_student(recipe.student, teachers)
     distiller = make_multitask_distiller(task, recipe, teachers, student, Path("."))

@@ -41,7 +41,7 @@ from kd_core.labelling import label_file
 from kd_core.measure import at_chance_warning, measure, measure_against
 from kd_core.preflight import Check, check_recipe
 from kd_core.schema import DataFile, DataSpec, ModelSpec, Recipe, StudentSpec, TaskSpec, teacher_name
-from kd_core.tasks import PreparedData, Task
+from kd_core.tasks import PreparedData, Task, eval_metrics, prepare_data
 
 REPORT_FILE = "report.json"
 STAGE_DONE = "STAGE_COMPLETE"
@@ -67,17 +67,18 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
     recipe = teacher_recipe(recipe, recipe.primary_teacher)
     seed_everything(recipe.training.seed)
     model = task.load_teacher(recipe.primary_teacher, train_head=True)
-    data = task.prepare_data(recipe.data, recipe.primary_teacher, base_dir)
+    data = prepare_data(task, recipe.data, recipe.primary_teacher, base_dir)
     adaptor = task.adaptor(model)
     trainer = BasicTrainer(training_config(recipe.training, output_dir), model, adaptor)
     fit(trainer, model, recipe.training, data, resume)
     if not is_main_process():
         return {}
     task.save_model(model, output_dir / "model", recipe.primary_teacher)
-    report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
+    metric = eval_metrics(task, recipe.eval.metric)[0]
+    report: dict[str, Any] = {"task": recipe.task, "metric": metric}
     if data.eval is not None:
-        report["model"] = measure(model, adaptor, data, recipe)
-        _warn_at_chance(report, report["model"], recipe.eval.metric, "fine-tuned model",
+        report["model"] = measure(task, model, adaptor, data, recipe)
+        _warn_at_chance(report, report["model"], metric, "fine-tuned model",
                         "Train it longer or at another learning rate, and check the labels of data.train")
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
@@ -173,7 +174,7 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
     # of a transfer set do not have: they read the labelled training data, as the check prepared it
     init_data = checked.data
     data = init_data if recipe.data.augment is None else \
-        task.prepare_data(transfer_set(task, recipe, output_dir, base_dir), recipe.primary_teacher, base_dir)
+        prepare_data(task, transfer_set(task, recipe, output_dir, base_dir), recipe.primary_teacher, base_dir)
     assistants = []
     current = teachers
     for index, spec in enumerate(recipe.assistants, start=1):
@@ -184,21 +185,22 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
     student = _distill_stage(task, recipe, recipe.student, current, data, init_data, output_dir, resume)
     if not is_main_process():
         return {}
-    report: dict[str, Any] = {"task": recipe.task, "metric": recipe.eval.metric}
+    metric = eval_metrics(task, recipe.eval.metric)[0]
+    report: dict[str, Any] = {"task": recipe.task, "metric": metric}
     if data.eval is not None:
         teacher = next(iter(teachers.values()))
         if teacher_result is None:
-            teacher_result = measure(teacher, task.adaptor(teacher), data, recipe)
+            teacher_result = measure(task, teacher, task.adaptor(teacher), data, recipe)
         report["teacher"] = teacher_result
-        _warn_at_chance(report, teacher_result, recipe.eval.metric)
+        _warn_at_chance(report, teacher_result, metric)
         if len(teachers) > 1:
-            report["teachers"] = {name: teacher_result if model is teacher else measure(model, task.adaptor(model),
-                                                                                       data, recipe)
+            report["teachers"] = {name: teacher_result if model is teacher else
+                                  measure(task, model, task.adaptor(model), data, recipe)
                                   for name, model in teachers.items()}
         if assistants:
-            report["assistants"] = [measure_against(a, task.adaptor(a), data, recipe, teacher_result)
+            report["assistants"] = [measure_against(task, a, task.adaptor(a), data, recipe, teacher_result)
                                     for a in assistants]
-        report["student"] = measure_against(student, task.adaptor(student), data, recipe, teacher_result)
+        report["student"] = measure_against(task, student, task.adaptor(student), data, recipe, teacher_result)
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
@@ -226,7 +228,7 @@ def run_multitask_distill(recipe: Recipe, output_dir: Path, base_dir: Path | Non
                           "grow each task's data with `kd augment` and give the (unlabelled) file as that task's "
                           "data.train: its teacher then runs on every batch")
     teachers = teachers or load_teachers(task, recipe)
-    data = {name: task.prepare_data(spec.data, spec.teacher, base_dir) for name, spec in recipe.tasks.items()}
+    data = {name: prepare_data(task, spec.data, spec.teacher, base_dir) for name, spec in recipe.tasks.items()}
     student = task.build_multitask_student(recipe.student, teachers)
     distiller = make_multitask_distiller(task, recipe, teachers, student, output_dir)
     loaders = {name: train_loader(d, recipe.training) for name, d in data.items()}
@@ -240,12 +242,12 @@ def run_multitask_distill(recipe: Recipe, output_dir: Path, base_dir: Path | Non
     for name, spec in recipe.tasks.items():
         if data[name].eval is None:
             continue
-        measured = recipe.model_copy(update={"eval": spec.eval})
-        teacher_result = measure(teachers[name], task.adaptor(teachers[name]), data[name], measured)
-        report["tasks"][name] = {"metric": spec.eval.metric, "teacher": teacher_result, "student":
-                                 measure_against(student, distiller.adaptors_S[name], data[name], measured,
-                                                 teacher_result)}
-        _warn_at_chance(report, teacher_result, spec.eval.metric, f"teacher of task {name}")
+        metric = eval_metrics(task, spec.eval.metric)[0]
+        teacher_result = measure(task, teachers[name], task.adaptor(teachers[name]), data[name], recipe, spec.eval)
+        report["tasks"][name] = {"metric": metric, "teacher": teacher_result, "student":
+                                 measure_against(task, student, distiller.adaptors_S[name], data[name], recipe,
+                                                 teacher_result, spec.eval)}
+        _warn_at_chance(report, teacher_result, metric, f"teacher of task {name}")
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 

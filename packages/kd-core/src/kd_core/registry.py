@@ -18,6 +18,7 @@ KINDS: tuple[str, ...] = (
     "initializers",
     "augmenters",
     "tasks",
+    "metrics",
 )
 """Every kind of registered part; ``kd_register_<kind>`` is the hook that fills each one."""
 

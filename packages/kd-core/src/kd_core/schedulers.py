@@ -1,4 +1,5 @@
-"""Temperature and weight schedulers: the protocols, and the constant scheduler kd-core ships.
+"""Temperature and weight schedulers: the protocols, and the constant scheduler kd-core ships
+(a recipe's spec becomes a scheduler in :func:`kd_core.loss_plan.build_scheduler`).
 
 A registered scheduler is a factory called with the arguments of its config spec (TextBrewer's
 ``["flsw", beta, gamma]`` calls ``factory(beta, gamma)``) returning an object with either or both
@@ -11,11 +12,9 @@ of:
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
-
-from kd_core.errors import ConfigError
 
 
 @runtime_checkable
@@ -42,19 +41,3 @@ class ConstantScheduler:
 
     def weight(self, base_weight: float, progress: float) -> float:
         return base_weight
-
-
-def build_scheduler(spec: str | list[Any], role: str, where: str) -> Any:
-    """Resolve a config's scheduler spec into an object with the method ``role``."""
-    from kd_core.plugins import lookup
-
-    name, args = (spec, []) if isinstance(spec, str) else (spec[0], list(spec[1:]))
-    if name == "none":
-        name = "constant"
-    try:
-        scheduler = lookup("schedulers", name)(*args)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: scheduler {name!r} does not take arguments {args}: {exc}") from exc
-    if not callable(getattr(scheduler, role, None)):
-        raise ConfigError(f"{where}: scheduler {name!r} is not a {role} scheduler")
-    return scheduler

@@ -233,7 +233,10 @@ class TrainingSpec(ConfigModel):
 class EvalSpec(ConfigModel):
     """How the report measures models: the metric and the batch size for latency."""
 
-    metric: Literal["accuracy", "matthews", "macro_f1", "entity_f1"] = "accuracy"
+    metric: str | None = None
+    """A registered metric (``kd plugins`` lists them) that the task can compute; the report's
+    ``value`` and retention read it. Default: the task's own first metric (``accuracy`` for
+    sequence classification)."""
     batch_size: int = Field(32, ge=1)
 
 

@@ -1,11 +1,15 @@
-"""The Task protocol: what a recipe needs to know about one kind of problem.
+"""Tasks: what kd needs to know about one kind of problem, and how kd-core uses them.
 
-kd-core stays free of model libraries; a plugin (kd-models for Hugging Face models) registers
-tasks such as ``sequence_classification`` through ``kd_register_tasks``.
+A task owns reading, batching, evaluating and saving the models of its kind of problem; kd-core
+stays free of model libraries. A plugin (kd-models for Hugging Face models) registers tasks such
+as ``sequence_classification`` through ``kd_register_tasks``; a new task lives in its plugin and
+changes no kd-core module. :func:`get_task` and :func:`get_metric` are how kd finds them by name;
+:func:`prepare_data` turns a recipe's ``data`` section into datasets with the task's reader.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -13,10 +17,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from torch import nn
 from torch.utils.data import Dataset
 
+from kd_core.errors import ConfigError
 from kd_core.features import Adaptor
+from kd_core.inference import RunSettings
+from kd_core.metrics import Metric, check_reads
+from kd_core.plugins import lookup
 
 if TYPE_CHECKING:
-    from kd_core.schema import DataSpec, ModelSpec, StudentSpec
+    from kd_core.schema import DataFile, DataSpec, ModelSpec, StudentSpec
 
 
 @dataclass
@@ -31,8 +39,26 @@ class PreparedData:
     mismatched), scored beside ``eval``."""
 
 
+@dataclass
+class Evaluation:
+    """What :meth:`Task.evaluate` found: each metric's value, the value of the task's trivial
+    prediction for each (the most frequent label, an empty answer, ...: what "chance" means for
+    this task), and the synchronised milliseconds of every forward batch."""
+
+    values: dict[str, float]
+    baseline: dict[str, float]
+    batch_ms: list[float] = field(default_factory=list)
+
+
 class Task(Protocol):
-    """How to load, build, feed and save the models of one kind of problem."""
+    """How to read, batch, build, evaluate and save the models of one kind of problem."""
+
+    metrics: tuple[str, ...]
+    """The metrics the task reports by default; the first is a recipe's ``eval.metric`` when it
+    names none."""
+
+    reads: tuple[str, ...]
+    """The kinds of predictions ``evaluate`` gives metrics (:data:`kd_core.metrics.READS`)."""
 
     def load_teacher(self, spec: ModelSpec, train_head: bool = False) -> nn.Module:
         """Load the model named by ``spec`` (a recipe's ``teacher`` section). A task head its
@@ -44,8 +70,18 @@ class Task(Protocol):
         """Build the student from the recipe's ``student`` section (usually from the teacher's
         config, so the vocabulary and tokenizer stay the same)."""
 
-    def prepare_data(self, spec: DataSpec, teacher_spec: ModelSpec, base_dir: Path | None) -> PreparedData:
-        """Read and tokenize the recipe's data."""
+    def read(self, file: DataFile, model: ModelSpec, max_length: int, base_dir: Path | None,
+             where: str) -> Dataset:
+        """Read and tokenize one data file (``where`` names it in errors: ``data.train``) as the
+        model ``spec`` names reads it (its tokenizer, its classes)."""
+
+    def collator(self, model: ModelSpec) -> Callable[[list[Any]], Any]:
+        """The function that batches the examples :meth:`read` gives for ``model``."""
+
+    def evaluate(self, model: nn.Module, adaptor: Adaptor, dataset: Dataset, collate: Callable[[list[Any]], Any],
+                 metrics: Sequence[str], settings: RunSettings) -> Evaluation:
+        """Run ``model`` (through ``adaptor``) over ``dataset`` and compute each metric named in
+        ``metrics`` (registered names, as :func:`get_metric` finds them) with its baseline."""
 
     def adaptor(self, model: nn.Module) -> Adaptor:
         """The adaptor that extracts features from ``model``."""
@@ -58,3 +94,41 @@ class Task(Protocol):
 
     def head_adaptor(self, model: nn.Module, head: str) -> Adaptor:
         """The adaptor that reads the multi-task student's head for task ``head``."""
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``; a ConfigError lists the registered ones."""
+    try:
+        return lookup("tasks", name)
+    except LookupError as exc:
+        raise ConfigError(f"task: {exc}") from None
+
+
+def get_metric(name: str, task: Task | None = None, task_name: str = "") -> Metric:
+    """The registered metric ``name``; with ``task``, refused unless that task gives predictions
+    of the kind it reads."""
+    try:
+        metric = lookup("metrics", name)
+    except LookupError as exc:
+        raise ConfigError(f"eval.metric: {exc}") from None
+    if task is not None:
+        check_reads(name, metric, task.reads, task_name or type(task).__name__)
+    return metric
+
+
+def eval_metrics(task: Task, metric: str | None) -> list[str]:
+    """The metrics a report gives: ``metric`` (a recipe's ``eval.metric``; the task's first by
+    default) first, then the task's others."""
+    head = metric or task.metrics[0]
+    return [head, *(m for m in task.metrics if m != head)]
+
+
+def prepare_data(task: Task, spec: DataSpec, model: ModelSpec, base_dir: Path | None) -> PreparedData:
+    """A recipe's ``data`` section (train, eval, extra_eval) read by ``task`` for ``model``."""
+    def read(file: DataFile, where: str) -> Dataset:
+        return task.read(file, model, spec.max_length, base_dir, where)
+
+    return PreparedData(read(spec.train, "data.train"),
+                        read(spec.eval, "data.eval") if spec.eval is not None else None,
+                        task.collator(model),
+                        {name: read(file, f"data.extra_eval.{name}") for name, file in spec.extra_eval.items()})

@@ -82,19 +82,12 @@ class HFAdaptor(Adaptor):
         return features
 
     def __call__(self, batch: Any, model_outputs: Any) -> Features:
-        logits = getattr(model_outputs, "logits", None)
-        if logits is None:
-            found = ", ".join(k for k in getattr(model_outputs, "keys", lambda: [])()) or type(model_outputs).__name__
-            raise ConfigError(
-                f"the hf adaptor found no 'logits' in the model's outputs (it has: {found}); it expects a Hugging "
-                "Face *ForSequenceClassification / *ForTokenClassification model. For another model write an adaptor "
-                "(a kd_core.Adaptor, or a function adaptor(batch, outputs) -> dict with 'logits', 'hidden', ...)")
-        mask = batch.get("attention_mask")
+        logits, logits_mask = self.head_logits(batch, model_outputs)
         features: Features = {
             "logits": logits,
             "labels": batch.get("labels"),
-            "inputs_mask": mask,
-            "logits_mask": mask if logits.dim() == 3 else None,
+            "inputs_mask": batch.get("attention_mask"),
+            "logits_mask": logits_mask,
         }
         if getattr(model_outputs, "hidden_states", None) is not None:
             features["hidden"] = model_outputs.hidden_states
@@ -103,6 +96,19 @@ class HFAdaptor(Adaptor):
         if getattr(model_outputs, "loss", None) is not None:
             features["losses"] = [model_outputs.loss]
         return features
+
+
+    def head_logits(self, batch: Any, model_outputs: Any) -> tuple[Any, Any]:
+        """The task head's ``logits`` and their ``logits_mask`` (the attention mask for
+        token-level logits [B, L, C]; None for one row per example)."""
+        logits = getattr(model_outputs, "logits", None)
+        if logits is None:
+            found = ", ".join(k for k in getattr(model_outputs, "keys", lambda: [])()) or type(model_outputs).__name__
+            raise ConfigError(
+                f"the hf adaptor found no 'logits' in the model's outputs (it has: {found}); it expects a Hugging "
+                "Face *ForSequenceClassification / *ForTokenClassification model. For another model write an adaptor "
+                "(a kd_core.Adaptor, or a function adaptor(batch, outputs) -> dict with 'logits', 'hidden', ...)")
+        return logits, batch.get("attention_mask") if logits.dim() == 3 else None
 
 
 class RNNAdaptor(HFAdaptor):

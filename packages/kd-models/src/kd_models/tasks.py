@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -12,14 +14,15 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
+from kd_core import lookup
 from kd_core.data import read_examples, resolve_path
 from kd_core.errors import ConfigError, UntrainedHeadError
-from kd_core.features import TEACHER_LOGITS
+from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, Features
+from kd_core.inference import RunSettings, run_model
 from kd_core.labelling import collate_teacher_logits
 from kd_core.paths import looks_like_path, resolve_model_path
-from kd_core.plugins import lookup
-from kd_core.schema import DataFile, DataSpec, ModelSpec, StudentSpec
-from kd_core.tasks import PreparedData
+from kd_core.schema import DataFile, ModelSpec, StudentSpec
+from kd_core.tasks import Evaluation, get_metric
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
 from kd_models.multihead import MultiHeadConfig, MultiHeadForSequenceClassification
 from kd_models.rnn import BiRNNPreTrainedModel
@@ -128,8 +131,11 @@ def _load_error(name: str, path: str, where: str, exc: OSError) -> ConfigError:
 class SequenceClassificationTask:
     """``sequence_classification``: one label per text or text pair (SST-2, CoLA, MNLI, ...)."""
 
+    name = "sequence_classification"
     auto_class: Any = AutoModelForSequenceClassification
     head = "ForSequenceClassification"
+    metrics: tuple[str, ...] = ("accuracy",)
+    reads: tuple[str, ...] = ("labels",)
 
     def load_teacher(self, spec: ModelSpec, train_head: bool = False) -> nn.Module:
         """The model ``spec`` names, with a head for its classes. Unless ``train_head`` (``kd train``,
@@ -158,14 +164,50 @@ class SequenceClassificationTask:
             return builder(teacher, **overrides)
         return transformer_student(teacher, **overrides)
 
-    def prepare_data(self, spec: DataSpec, teacher_spec: ModelSpec, base_dir: Path | None) -> PreparedData:
-        tokenizer = load_tokenizer(resolve_model_path(teacher_spec.model, where="teacher.model"))
-        train = self._dataset(spec.train, tokenizer, spec.max_length, base_dir, "data.train", teacher_spec)
-        evaluation = (self._dataset(spec.eval, tokenizer, spec.max_length, base_dir, "data.eval", teacher_spec)
-                      if spec.eval is not None else None)
-        extra = {name: self._dataset(file, tokenizer, spec.max_length, base_dir, f"data.extra_eval.{name}",
-                                     teacher_spec) for name, file in spec.extra_eval.items()}
-        return PreparedData(train, evaluation, PadCollator(tokenizer), extra)
+    def read(self, file: DataFile, model: ModelSpec, max_length: int, base_dir: Path | None,
+             where: str) -> TokenizedDataset:
+        return self._dataset(file, tokenizer_for(model), max_length, base_dir, where, model)
+
+    def collator(self, model: ModelSpec) -> PadCollator:
+        return PadCollator(tokenizer_for(model))
+
+    def evaluate(self, model: nn.Module, adaptor: Adaptor, dataset: Any, collate: Callable[[list[Any]], Any],
+                 metrics: Sequence[str], settings: RunSettings) -> Evaluation:
+        """Each metric of the predicted classes (the argmax of the logits) against the gold
+        labels, and of always predicting the most frequent gold label (the baseline). Label
+        metrics read 1-D tensors of class ids; tag metrics (token classification) read tag lists."""
+        chosen = {name: get_metric(name, self, self.name) for name in metrics}
+        predictions: list[torch.Tensor] = []
+        golds: list[torch.Tensor] = []
+        clock: list[float] = []
+        for _, features in run_model(model, adaptor, dataset, collate, FeatureNeeds({"logits": set()}), settings,
+                                     clock=clock):
+            predicted, gold = self._labelled(features)
+            predictions += predicted
+            golds += gold
+        counts = Counter(int(x) for g in golds for x in g.reshape(-1))
+        majority = counts.most_common(1)[0][0] if counts else 0
+        constant = [torch.full_like(g, majority) for g in golds]
+        values, baseline = {}, {}
+        for name, metric in chosen.items():
+            if metric.reads == "tags":
+                names = _tag_names(model, name)
+                gold_tags = [[names[int(i)] for i in g] for g in golds]
+                values[name] = metric([[names[int(i)] for i in p] for p in predictions], gold_tags)
+                baseline[name] = metric([[names[int(i)] for i in c] for c in constant], gold_tags)
+            else:
+                gold = torch.cat(golds)
+                values[name] = metric(torch.cat(predictions), gold)
+                baseline[name] = metric(torch.cat(constant), gold)
+        return Evaluation(values, baseline, clock)
+
+    def _labelled(self, features: Features) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The predicted and gold labels of a batch: one tensor of one label per example."""
+        logits = features["logits"]
+        if logits.dim() != 2:
+            raise ConfigError(f"task {self.name} scores one label per example; this model gives logits of shape "
+                              f"{tuple(logits.shape)} (use task token_classification for one tag per token)")
+        return [logits.argmax(-1).cpu()], [features["labels"].cpu()]
 
     def _dataset(self, spec: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None,
                  where: str, teacher_spec: ModelSpec) -> TokenizedDataset:
@@ -208,7 +250,7 @@ class SequenceClassificationTask:
     def save_model(self, model: nn.Module, directory: Path, teacher_spec: ModelSpec) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(directory, safe_serialization=True)
-        load_tokenizer(resolve_model_path(teacher_spec.model, where="teacher.model")).save_pretrained(directory)
+        tokenizer_for(teacher_spec).save_pretrained(directory)
 
 
 class TokenClassificationTask(SequenceClassificationTask):
@@ -222,8 +264,11 @@ class TokenClassificationTask(SequenceClassificationTask):
     logit distillation reads every token.
     """
 
+    name = "token_classification"
     auto_class = AutoModelForTokenClassification
     head = "ForTokenClassification"
+    metrics = ("entity_f1",)
+    reads = ("labels", "tags")
 
     def _dataset(self, spec: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None,
                  where: str, teacher_spec: ModelSpec) -> TokenizedDataset:
@@ -252,9 +297,35 @@ class TokenClassificationTask(SequenceClassificationTask):
                           "their tags are neither learned nor scored (raise max_length to keep them)", stacklevel=2)
         return TokenizedDataset(examples)
 
+    def _labelled(self, features: Features) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One sequence per example, at the labelled tokens (a word's first piece)."""
+        predicted, labels = features["logits"].argmax(-1).cpu(), features["labels"].cpu()
+        keep = labels != -100
+        mask = features.get("logits_mask")
+        if mask is not None:
+            keep &= mask.cpu().bool()
+        return ([p[k] for p, k in zip(predicted, keep, strict=True)],
+                [g[k] for g, k in zip(labels, keep, strict=True)])
+
     def build_multitask_student(self, spec: StudentSpec, teachers: dict[str, nn.Module]) -> nn.Module:
         """Refused: multi-head students have sequence-classification heads only."""
         raise ConfigError("task: multi-task recipes take sequence_classification tasks only")
+
+
+def tokenizer_for(spec: ModelSpec) -> Any:
+    """The tokenizer of the model ``spec`` names (the teacher's, which its students share)."""
+    return load_tokenizer(resolve_model_path(spec.model, where="teacher.model"))
+
+
+def _tag_names(model: nn.Module, metric: str) -> dict[int, str]:
+    """The model's tag of each class id, from its config's ``id2label``: BIO tags, as entity
+    metrics read them."""
+    names = {int(i): name for i, name in (getattr(getattr(model, "config", None), "id2label", None) or {}).items()}
+    wrong = [name for name in names.values() if name != "O" and not name.startswith(("B-", "I-"))]
+    if not names or wrong:
+        raise ConfigError(f"eval.metric {metric} reads BIO tags (O, B-type, I-type) from the model's config.id2label, "
+                          f"which has {list(names.values())[:5]}...; give the teacher its tags (teacher.labels)")
+    return names
 
 
 def _num_classes(spec: ModelSpec) -> int:
