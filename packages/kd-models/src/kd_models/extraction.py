@@ -22,6 +22,7 @@ consistency off (the paper's ablation) gives each stream its own index set.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -122,7 +123,7 @@ def taylor_importance(model: nn.Module, dataloader: Iterable[Any], num_batches: 
                                   "so that the teacher computes its task loss")
             activations: list[tuple[tuple[str, int], torch.Tensor]] = []
             with _record_activations(model, layout, activations):
-                loss = model(**to_device(batch, device)).loss
+                loss = model(**_forward_inputs(model, to_device(batch, device))).loss
             grads = torch.autograd.grad(loss, [a for _, a in activations])
             for (role, activation), grad in zip(activations, grads, strict=True):
                 importance.add(role, activation, grad)
@@ -130,6 +131,13 @@ def taylor_importance(model: nn.Module, dataloader: Iterable[Any], num_batches: 
     if importance.batches == 0:
         raise ConfigError("Taylor importance needs at least one batch; the dataloader was empty")
     return importance
+
+
+def _forward_inputs(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``batch`` that ``model.forward`` takes (a span head's ``start_positions`` and
+    ``end_positions`` give its loss; kd's own keys, such as ``context_mask``, stay out)."""
+    accepted = inspect.signature(model.forward).parameters
+    return {k: v for k, v in batch.items() if k in accepted}
 
 
 def _length(dataloader: Iterable[Any]) -> int | None:

@@ -1,4 +1,4 @@
-"""kd-models' plugin module: registers its adaptors, tasks, students and initializers."""
+"""kd-models' plugin module: registers its adaptors, tasks, metrics, students and initializers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from kd_core import hookimpl
 from kd_core.hookspecs import Register
 from kd_models import initializers, students
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
+from kd_models.question_answering import QuestionAnsweringTask
+from kd_models.squad import METRICS as SQUAD_METRICS
 from kd_models.tasks import SequenceClassificationTask, TokenClassificationTask
 
 
@@ -19,6 +21,13 @@ def kd_register_adaptors(register: Register) -> None:
 def kd_register_tasks(register: Register) -> None:
     register("sequence_classification", SequenceClassificationTask())
     register("token_classification", TokenClassificationTask())
+    register("question_answering", QuestionAnsweringTask())
+
+
+@hookimpl
+def kd_register_metrics(register: Register) -> None:
+    for name, metric in SQUAD_METRICS.items():
+        register(name, metric)
 
 
 @hookimpl

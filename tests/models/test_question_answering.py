@@ -1,0 +1,196 @@
+"""The question_answering task: SQuAD files, windows, post-processing, metrics, recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from kd_core import ConfigError, get_task
+from kd_core.cli import build_cli
+from kd_core.inference import RunSettings
+from kd_core.schema import DataFile, ModelSpec
+from kd_models.question_answering import MASKED, QuestionAnsweringTask, first_sentence
+from kd_models.squad import Question, exact_match, f1, has_answer_f1, no_answer_f1, normalize_answer, read_questions
+
+ROOT = Path(__file__).resolve().parents[2]
+SQUAD = ROOT / "examples" / "data" / "squad11"
+RECIPE = ROOT / "examples" / "recipes" / "squad.yaml"
+FIELDS = {"text": ["question", "context"], "label": "answers"}
+
+
+class GoldAdaptor:
+    """Start and end logits that peak at each window's labelled answer tokens."""
+
+    def run(self, model, batch, needs):
+        size, length = batch["input_ids"].shape
+        logits = torch.zeros(size, 2, length).scatter_(2, batch["labels"][:, :, None], 10.0)
+        return {"logits": logits.masked_fill(~batch["context_mask"].bool()[:, None, :], MASKED)}
+
+
+@pytest.fixture(scope="module")
+def tiny_qa_teacher(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
+    """A tiny random BertForQuestionAnswering (its span head is part of the checkpoint)."""
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(3)
+    directory = tmp_path_factory.mktemp("tiny-qa")
+    BertForQuestionAnswering(BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                        intermediate_size=128, max_position_embeddings=512, hidden_dropout_prob=0.0,
+                                        attention_probs_dropout_prob=0.0)).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
+    return directory
+
+
+def test_answers_are_normalised_as_squad_does() -> None:
+    assert normalize_answer("The  Denver Broncos!") == "denver broncos"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+    assert normalize_answer("theatre") == "theatre", "articles go only as whole words"
+
+
+def test_hand_worked_scores() -> None:
+    # pred tokens [cat, sat] against [cat, sat, on, mat]: precision 1, recall 1/2, F1 2/3
+    assert f1(["the cat sat"], [["cat sat on the mat"]]) == pytest.approx(2 / 3)
+    assert exact_match(["the cat sat"], [["cat sat on the mat"]]) == 0.0
+    # the best reference counts: the second one matches exactly
+    assert exact_match(["Broncos"], [["Denver Broncos", "the broncos"]]) == 1.0
+    assert f1(["Denver"], [["Denver Broncos", "Carolina"]]) == pytest.approx(2 * 1 * 0.5 / 1.5)
+    # mean over questions
+    assert exact_match(["a", "b"], [["a"], ["c"]]) == 0.5
+    # SQuAD v2.0: an unanswerable question is right only when the prediction is empty
+    predictions, answers = ["", "x", "cat"], [[], [], ["cat"]]
+    assert no_answer_f1(predictions, answers) == 0.5
+    assert has_answer_f1(predictions, answers) == 1.0
+    assert f1(predictions, answers) == pytest.approx(2 / 3)
+
+
+def test_predictions_that_equal_a_reference_score_100() -> None:
+    questions = read_questions(SQUAD / "part-b.json", limit=300)
+    answers = [q.answers for q in questions]
+    assert exact_match([a[-1] for a in answers], answers) == 1.0 == f1([a[-1] for a in answers], answers)
+
+
+def test_squad_json_and_json_lines_read_the_same_questions(tmp_path: Path) -> None:
+    questions = read_questions(SQUAD / "part-a.json", limit=5, skip=2)
+    lines = tmp_path / "qa.jsonl"
+    lines.write_text("".join(json.dumps({"question": q.question, "context": q.context, "id": q.id,
+                                         "answers": {"text": q.answers, "answer_start": q.answer_starts}}) + "\n"
+                             for q in questions))
+    assert read_questions(lines) == questions
+    assert [q.id for q in read_questions(SQUAD / "part-a.json", limit=7)][2:] == [q.id for q in questions]
+
+
+def test_a_misplaced_answer_names_the_question(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q?", "context": "alpha beta", "answers": [{"text": "beta",
+                                                                                         "answer_start": 0}]}) + "\n")
+    with pytest.raises(ConfigError, match=r"bad.jsonl question 1: answer 'beta' is not at character 0"):
+        read_questions(bad)
+    with pytest.raises(ConfigError, match=r"no field 'query'"):
+        read_questions(bad, question="query")
+
+
+def test_gold_spans_through_the_post_processing_score_100_on_part_b(minilm_path: Path) -> None:
+    task = QuestionAnsweringTask(max_answer_length=384)  # the gold answers include long ones
+    spec = ModelSpec(model=str(minilm_path))
+    dataset = task.read(DataFile(path=str(SQUAD / "part-b.json"), **FIELDS), spec, 384, None, "data.eval")
+    assert len(dataset.questions) == 5609 and len(dataset.windows) > 5609, "long contexts give several windows"
+    answers = task.predict(torch.nn.Linear(1, 1), GoldAdaptor(), dataset, task.collator(spec), RunSettings(64))
+    golds = [q.answers for q in dataset.questions]
+    # a span of tokens cannot give an answer that ends inside a word ("four" of "fourth"): such
+    # questions are set apart by the offsets alone, and only they miss
+    tokenizer = task.collator(spec).tokenizer
+    unreachable = [i for i, q in enumerate(dataset.questions) if not any(
+        _token_aligned(tokenizer, q.context, a, s) for a, s in zip(q.answers, q.answer_starts, strict=True))]
+    kept = [i for i in range(len(golds)) if i not in unreachable]
+    assert exact_match([answers[i] for i in kept], [golds[i] for i in kept]) == 1.0
+    assert f1([answers[i] for i in kept], [golds[i] for i in kept]) == 1.0
+    assert len(unreachable) == 1 and exact_match(answers, golds) == pytest.approx(5608 / 5609)
+
+
+def _token_aligned(tokenizer, context: str, answer: str, start: int) -> bool:
+    offsets = tokenizer(context, return_offsets_mapping=True, add_special_tokens=False)["offset_mapping"]
+    return start in {a for a, _ in offsets} and start + len(answer) in {b for _, b in offsets}
+
+
+def test_windows_with_doc_stride_find_answers_a_single_window_cuts_off(minilm_path: Path) -> None:
+    filler = " ".join(f"Sentence number {i} says nothing much." for i in range(40))
+    context = f"{filler} The treasure lies under the old oak tree."
+    question = Question("long", "Where does the treasure lie?", context, ["under the old oak tree"],
+                        [context.index("under the old oak tree")])
+    task = QuestionAnsweringTask(doc_stride=32)
+    spec = ModelSpec(model=str(minilm_path))
+    tokenizer = task.collator(spec).tokenizer
+    windows = task.windows([question], tokenizer, 128)
+    assert len(windows) >= 3
+    first_end = max(o[1] for o in windows[0].offsets if o is not None)
+    assert first_end < question.answer_starts[0], "one window of 128 tokens does not reach the answer"
+    assert windows[0].start == windows[0].cls_index and windows[-1].start != windows[-1].cls_index
+    from kd_models.question_answering import QuestionAnsweringDataset
+
+    dataset = QuestionAnsweringDataset([question], windows)
+    assert task.predict(torch.nn.Linear(1, 1), GoldAdaptor(), dataset, task.collator(spec),
+                        RunSettings(4)) == ["under the old oak tree"]
+
+
+def test_features_mask_everything_but_the_context(tiny_qa_teacher: Path) -> None:
+    task = get_task("question_answering")
+    spec = ModelSpec(model=str(tiny_qa_teacher))
+    dataset = task.read(DataFile(path=str(SQUAD / "part-a.json"), limit=3, **FIELDS), spec, 128, None, "data.train")
+    batch = task.collator(spec)([dataset[i] for i in range(3)])
+    model = task.load_teacher(spec)
+    features = task.adaptor(model).run(model, batch, __import__("kd_core").FeatureNeeds({"logits": set()}))
+    logits, context = features["logits"], batch["context_mask"].bool()
+    assert logits.shape == (3, 2, batch["input_ids"].shape[1]) and features["labels"].shape == (3, 2)
+    assert (logits[:, 0][~context] == MASKED).all() and (logits[:, 0][context] != MASKED).all()
+    assert context[:, 0].all(), "[CLS], the null answer, stays"
+    with torch.no_grad():
+        hf = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+        from kd_core.loss_plan import hard_label_loss
+
+        loss = hard_label_loss({**features, "logits": features["logits"].detach()})
+    outside = ~context
+    start = torch.nn.functional.cross_entropy(hf.start_logits.masked_fill(outside, MASKED), batch["start_positions"])
+    end = torch.nn.functional.cross_entropy(hf.end_logits.masked_fill(outside, MASKED), batch["end_positions"])
+    assert float(loss) == pytest.approx(float(start + end) / 2, rel=1e-5), \
+        "the hard-label loss is the mean of the start and end cross-entropies over the context"
+
+
+def test_baseline_answers_with_the_first_sentence() -> None:
+    assert first_sentence("Alpha beta. Gamma delta! Eps") == "Alpha beta."
+
+
+def test_a_classification_metric_is_refused_for_question_answering() -> None:
+    from kd_core import get_metric
+
+    with pytest.raises(ConfigError, match="'accuracy' reads labels, but task question_answering gives metrics "
+                                          "answers"):
+        get_metric("accuracy", get_task("question_answering"), "question_answering")
+
+
+def test_the_squad_recipe_trains_distills_and_scores_em_and_f1(tmp_path: Path, tiny_qa_teacher: Path) -> None:
+    small = ["--set", f"teacher.model={tiny_qa_teacher}", "--set", "data.train.limit=24", "--set",
+             "data.eval.limit=12", "--set", "data.max_length=96", "--set", "training.num_epochs=null", "--set",
+             "training.num_steps=3", "--set", "teacher.finetune={num_steps: 2}", "--set", "training.batch_size=8",
+             "--set", "student.config={num_hidden_layers: 2, hidden_size: 32, intermediate_size: 64}",
+             "--set", "student.init.num_batches=2"]
+    result = CliRunner().invoke(build_cli(), ["distill", str(RECIPE), "-o", str(tmp_path / "run"), *small])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["metric"] == "f1"
+    for side in ("teacher", "student"):
+        assert set(report[side]["metrics"]) == {"f1", "exact_match"}
+        assert 0 <= report[side]["value"] <= 1 and report[side]["chance"] > 0, "the first sentence scores some F1"
+    assert "retention" in report["student"]
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"kd", "hard_label", "match0.attention_kl", "match1.value_relation_kl"} <= set(steps[-1])
+    from transformers import AutoModelForQuestionAnswering
+
+    student = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "run" / "student")
+    assert student.config.num_hidden_layers == 2 and student.qa_outputs.in_features == 32
+    size = CliRunner().invoke(build_cli(), ["size", str(tmp_path / "run" / "student"), "--task", "question_answering",
+                                            "--json"])
+    assert size.exit_code == 0 and "qa_outputs" in size.output
