@@ -113,3 +113,17 @@ def textbrewer_probability_shift():
     namespace: dict = {"torch": torch}
     exec(compile(ast.Module([function], type_ignores=[]), "textbrewer/distiller_utils.py", "exec"), namespace)
     return namespace["probability_shift_"]
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_teacher(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
+    """A tiny random BertForQuestionAnswering (its span head is part of the checkpoint)."""
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(3)
+    directory = tmp_path_factory.mktemp("tiny-qa")
+    BertForQuestionAnswering(BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                        intermediate_size=128, max_position_embeddings=512, hidden_dropout_prob=0.0,
+                                        attention_probs_dropout_prob=0.0)).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
+    return directory

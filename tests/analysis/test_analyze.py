@@ -98,3 +98,30 @@ def test_runs_add_learning_curves_smoothed_over_20_steps(tmp_path: Path, tiny_te
         "analyze", "--models", str(tiny_teacher_dir), "--data", str(sst2_dir / "dev.tsv"), "--limit", "8",
         "-o", str(out), "-q", "--runs", str(tmp_path)])
     assert missing.exit_code != 0 and "has no metrics.jsonl" in missing.output
+
+
+def test_question_answering_models_are_compared_answer_by_answer(tmp_path: Path, tiny_qa_teacher: Path) -> None:
+    from kd_core import get_task
+    from kd_core.inference import RunSettings
+    from kd_core.schema import DataFile, ModelSpec
+
+    squad = Path(__file__).resolve().parents[2] / "examples" / "data" / "squad11" / "part-b.json"
+    result = CliRunner().invoke(build_cli(), [
+        "analyze", "--task", "question_answering", "--models", str(tiny_qa_teacher), str(tiny_qa_teacher),
+        "--names", "teacher,same", "--data", str(squad), "-c", "question", "-c", "context", "-l", "answers",
+        "--limit", "12", "--max-length", "128", "--output", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "analysis.json").read_text())
+    task = get_task("question_answering")
+    spec = ModelSpec(model=str(tiny_qa_teacher))
+    data = DataFile(path=str(squad), text=["question", "context"], label="answers", limit=12)
+    model = task.load_teacher(spec)
+    evaluation = task.evaluate(model, task.adaptor(model), task.read(data, spec, 128, None, "--data"),
+                               task.collator(spec), task.metrics, RunSettings(64))
+    assert report["models"]["teacher"]["f1"] == pytest.approx(evaluation.values["f1"])
+    same = report["comparisons"]["same"]
+    assert same["agreement"] == 1.0 == same["f1_with_reference"], "a model agrees with itself on every answer"
+    assert same["counts"]["only_model_right"] == same["counts"]["only_reference_right"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and rows[0]["answers"]["teacher"] == evaluation.predictions[0]
+    assert rows[0]["question"] and rows[0]["references"] == evaluation.references[0]

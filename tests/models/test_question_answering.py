@@ -31,20 +31,6 @@ class GoldAdaptor:
         return {"logits": logits.masked_fill(~batch["context_mask"].bool()[:, None, :], MASKED)}
 
 
-@pytest.fixture(scope="module")
-def tiny_qa_teacher(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
-    """A tiny random BertForQuestionAnswering (its span head is part of the checkpoint)."""
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    torch.manual_seed(3)
-    directory = tmp_path_factory.mktemp("tiny-qa")
-    BertForQuestionAnswering(BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                        intermediate_size=128, max_position_embeddings=512, hidden_dropout_prob=0.0,
-                                        attention_probs_dropout_prob=0.0)).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
-    return directory
-
-
 def test_answers_are_normalised_as_squad_does() -> None:
     assert normalize_answer("The  Denver Broncos!") == "denver broncos"
     assert normalize_answer("an apple, a pear") == "apple pear"
@@ -194,3 +180,27 @@ def test_the_squad_recipe_trains_distills_and_scores_em_and_f1(tmp_path: Path, t
     size = CliRunner().invoke(build_cli(), ["size", str(tmp_path / "run" / "student"), "--task", "question_answering",
                                             "--json"])
     assert size.exit_code == 0 and "qa_outputs" in size.output
+
+
+def test_squad_v2_unanswerable_questions_learn_cls_and_get_the_empty_answer(tmp_path: Path, minilm_path: Path) -> None:
+    context = "The river flows north to the sea."
+    document = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+        {"id": "a", "question": "Where does the river flow?", "is_impossible": False,
+         "answers": [{"text": "north", "answer_start": context.index("north")}]},
+        {"id": "b", "question": "Who built the river?", "is_impossible": True, "answers": [],
+         "plausible_answers": [{"text": "sea", "answer_start": context.index("sea")}]}]}]}]}
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps(document))
+    task = QuestionAnsweringTask(version_2_with_negative=True)
+    spec = ModelSpec(model=str(minilm_path))
+    dataset = task.read(DataFile(path=str(path), **FIELDS), spec, 64, None, "data.eval")
+    assert [q.answers for q in dataset.questions] == [["north"], []]
+    unanswerable = dataset.windows[1]
+    assert unanswerable.start == unanswerable.end == unanswerable.cls_index
+    answers = task.predict(torch.nn.Linear(1, 1), GoldAdaptor(), dataset, task.collator(spec), RunSettings(2))
+    assert answers == ["north", ""], "the null score wins where [CLS] was learned"
+    golds = [q.answers for q in dataset.questions]
+    assert exact_match(answers, golds) == 1.0 == no_answer_f1(answers, golds) == has_answer_f1(answers, golds)
+    v1 = QuestionAnsweringTask().predict(torch.nn.Linear(1, 1), GoldAdaptor(), dataset, task.collator(spec),
+                                         RunSettings(2))
+    assert v1[1] != "", "SQuAD v1.1 always answers with a span"

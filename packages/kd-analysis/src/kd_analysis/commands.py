@@ -9,10 +9,12 @@ from typing import Any
 import click
 
 from kd_analysis.analysis import ANALYSIS_FILE, analyze
+from kd_analysis.answers import analyze_answers, answer_evaluations
 from kd_analysis.curves import read_curves
 from kd_analysis.predictions import predict, texts_of
 from kd_core.data import default_text_column, read_records, resolve_path
 from kd_core.errors import ConfigError
+from kd_core.inference import RunSettings
 from kd_core.schema import DataFile
 from kd_core.tasks import get_metric, get_task
 
@@ -45,7 +47,8 @@ class ManyValues(click.Option):
               help="The models, reference (teacher) first: directories or package:MODULE.")
 @click.option("--names", default=None, help="Comma-separated names for the models (default: teacher, student-1, ...).")
 @click.option("--data", "-d", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="A labelled TSV/CSV/JSONL file (or CoNLL, with --task token_classification).")
+              help="A labelled TSV/CSV/JSONL file (or CoNLL, with --task token_classification; SQuAD JSON, with "
+                   "--task question_answering -c question -c context -l answers).")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--text-column", "-c", "text_columns", multiple=True, default=("sentence",), show_default=True,
               help="The text column; twice for a pair.")
@@ -77,6 +80,10 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
     data = DataFile(path=str(resolve_path(data_path, None, "--data")), text=list(text_columns), label=label_column,
                     limit=limit, columns=header.split(",") if header else None)
     registered = get_task(task)
+    if "answers" in registered.reads:
+        _analyze_answers(registered, dict(zip(labels, models, strict=True)), data, output, max_length,
+                         RunSettings(batch_size, device), not quiet)
+        return
     if get_metric(metric).reads != "labels":
         raise ConfigError(f"--metric {metric}: kd analyze compares one class per example; choose a metric of "
                           "class labels (accuracy, matthews, macro_f1)")
@@ -96,6 +103,20 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
                    f"both wrong {counts['both_wrong_same'] + counts['both_wrong_different']}")
     figures = "reliability.png, confidence.png" + (", learning_curves.png" if curves else "")
     click.echo(f"written: {output / ANALYSIS_FILE}, predictions.jsonl, {figures}")
+
+
+def _analyze_answers(task: Any, models: dict[str, str], data: DataFile, output: Path, max_length: int,
+                     settings: RunSettings, progress: bool) -> None:
+    evaluations, texts = answer_evaluations(task, models, data, max_length, settings, progress)
+    report = analyze_answers(evaluations, texts, output)
+    for name, result in report["models"].items():
+        click.echo(f"{name:<14} " + "  ".join(f"{m} {v:.4f}" for m, v in result.items() if m != "baseline"))
+    for name, table in report["comparisons"].items():
+        counts = table["counts"]
+        click.echo(f"{name} vs {report['reference']}: same answer {table['agreement']:.3f}, F1 with it "
+                   f"{table['f1_with_reference']:.3f}; only {report['reference']} right "
+                   f"{counts['only_reference_right']}, only {name} right {counts['only_model_right']}")
+    click.echo(f"written: {output / ANALYSIS_FILE}, predictions.jsonl")
 
 
 @click.command("probe")

@@ -42,12 +42,16 @@ class PreparedData:
 @dataclass
 class Evaluation:
     """What :meth:`Task.evaluate` found: each metric's value, the value of the task's trivial
-    prediction for each (the most frequent label, an empty answer, ...: what "chance" means for
-    this task), and the synchronised milliseconds of every forward batch."""
+    prediction for each (the most frequent label, the context's first sentence, ...: what
+    "chance" means for this task), the synchronised milliseconds of every forward batch and, when
+    the task gives them, the per-example predictions and references its metrics read (in dataset
+    order: ``kd analyze`` compares models with them)."""
 
     values: dict[str, float]
     baseline: dict[str, float]
     batch_ms: list[float] = field(default_factory=list)
+    predictions: list[Any] | None = None
+    references: list[Any] | None = None
 
 
 class Task(Protocol):

@@ -92,6 +92,11 @@ class QuestionAnsweringDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.windows)
 
+    @property
+    def texts(self) -> list[str]:
+        """Each question's text, as analyses show it."""
+        return [q.question for q in self.questions]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         window = self.windows[index]
         context = [int(o is not None) for o in window.offsets]
@@ -206,7 +211,7 @@ class QuestionAnsweringTask(SequenceClassificationTask):
         golds = [q.answers for q in dataset.questions]
         baseline = [first_sentence(q.context) for q in dataset.questions]
         return Evaluation({name: metric(answers, golds) for name, metric in chosen.items()},
-                          {name: metric(baseline, golds) for name, metric in chosen.items()}, clock)
+                          {name: metric(baseline, golds) for name, metric in chosen.items()}, clock, answers, golds)
 
     def predict(self, model: nn.Module, adaptor: Adaptor, dataset: QuestionAnsweringDataset,
                 collate: Callable[[list[Any]], Any], settings: RunSettings,
