@@ -155,6 +155,29 @@ def multi_teacher(results: dict[str, Any], source: str) -> list[str]:
             f"T={settings['temperature']}.", "", *_table(["model", "dev accuracy"], rows)]
 
 
+def squad(results: dict[str, Any], source: str) -> list[str]:
+    """Question answering: the teacher, its distilled student, the same student without
+    distillation and the first-sentence baseline, on SQuAD part-b."""
+    def cells(title: str, r: dict[str, Any]) -> list[Any]:
+        return [title, f"{100 * r['exact_match']:.1f}", f"{100 * r['f1']:.1f}",
+                f"{r['f1_retention']:.3f}" if "f1_retention" in r else "", f"{r['params']:,}",
+                f"{r['latency_ms_per_question']:.1f}", _minutes(r["train_seconds"])]
+
+    base = results["baseline_first_sentence"]
+    rows = [cells("teacher: MiniLM-L6 fine-tuned on part-a", results["teacher"]),
+            cells("student 3 x 144, distilled", results["student_distilled"]),
+            cells("student 3 x 144, fine-tuned alone", results["student_finetuned_alone"]),
+            ["baseline: the context's first sentence", f"{100 * base['exact_match']:.1f}", f"{100 * base['f1']:.1f}",
+             "", "", "", ""]]
+    return [f"Measured on {results['date']} by `python -m benchmarks.squad --epochs {results['epochs']}` ({source}, "
+            f"{_machine(results['machine'])}, {_minutes(results['wall_seconds'])} in all): trained on part-a "
+            f"({results['train']['questions']:,} questions), scored on part-b ({results['eval']['questions']:,} "
+            f"questions, {results['eval']['windows']:,} windows of at most {results['max_length']} tokens); "
+            f"{results['params_ratio']:.2f}x fewer parameters; model time per question on "
+            f"{results['latency_device']}.", "",
+            *_table(["model", "EM", "F1", "F1 retention", "params", "ms / question", "training"], rows)]
+
+
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "demo": ("demo-cpu-x86_64-2cores.json", demo),
     "demo_recipe": ("demo-recipe-selection.json", demo_recipe),
