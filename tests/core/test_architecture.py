@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomllib
+import pytest
 
 import kd_core
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]["contracts"]
