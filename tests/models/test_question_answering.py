@@ -11,9 +11,11 @@ from click.testing import CliRunner
 
 from kd_core import ConfigError, get_task
 from kd_core.cli import build_cli
+from kd_core.features import MASKED_LOGIT as MASKED
 from kd_core.inference import RunSettings
+from kd_core.labelling import label_file
 from kd_core.schema import DataFile, ModelSpec
-from kd_models.question_answering import MASKED, QuestionAnsweringTask, first_sentence
+from kd_models.question_answering import QuestionAnsweringTask, first_sentence
 from kd_models.squad import Question, exact_match, f1, has_answer_f1, no_answer_f1, normalize_answer, read_questions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,3 +206,125 @@ def test_squad_v2_unanswerable_questions_learn_cls_and_get_the_empty_answer(tmp_
     v1 = QuestionAnsweringTask().predict(torch.nn.Linear(1, 1), GoldAdaptor(), dataset, task.collator(spec),
                                          RunSettings(2))
     assert v1[1] != "", "SQuAD v1.1 always answers with a span"
+
+
+def _qa_data(teacher: Path, max_length: int = 64, **file) -> tuple:
+    task = get_task("question_answering")
+    spec = ModelSpec(model=str(teacher))
+    fields = {"path": str(SQUAD / "part-a.json"), "limit": 5, **FIELDS, **file}
+    return task, spec, task.read(DataFile(**fields), spec, max_length, None, "data.train")
+
+
+def test_the_teacher_cache_gives_every_window_the_teachers_own_logits(tiny_qa_teacher: Path, tmp_path: Path) -> None:
+    from kd_core import FeatureNeeds
+    from kd_core.teacher_cache import TeacherCache
+
+    task, spec, dataset = _qa_data(tiny_qa_teacher)
+    lengths = [len(w.inputs["input_ids"]) for w in dataset.windows]
+    assert len(dataset) > 5 and len(set(lengths)) > 1, "several windows per question, of several lengths"
+    model = task.load_teacher(spec).eval()
+    adaptor = task.adaptor(model)
+    needs = FeatureNeeds({"logits": set()})
+    collate = task.collator(spec)
+    cache = TeacherCache(model, tmp_path / "cache", logits_over_tokens=adaptor.logits_over_tokens)
+    with torch.no_grad():
+        for start in range(0, len(dataset), 4):
+            batch = collate([dataset[i] for i in range(start, min(start + 4, len(dataset)))])
+            cache.features(batch, needs, lambda batch=batch: adaptor.run(model, batch, needs))
+        # served to batches of another make-up: the shortest windows beside the longest, so other padding
+        order = sorted(range(len(dataset)), key=lambda i: lengths[i])
+        mixed = collate([dataset[i] for i in (order[0], order[-1], order[1])])
+        served = cache.features(mixed, needs, lambda: pytest.fail("the teacher ran for a cached window"))
+        online = adaptor.run(model, mixed, needs)["logits"]
+    torch.testing.assert_close(served["logits"], online, rtol=1e-5, atol=1e-5)
+    padding = ~mixed["attention_mask"].bool()
+    assert padding.any() and (served["logits"].transpose(1, 2)[padding] == MASKED).all(), \
+        "padded positions get no probability"
+
+
+def _label_squad(teacher: Path, output: Path, max_length: int = 64) -> list[dict]:
+    result = CliRunner().invoke(build_cli(), [
+        "augment", "label", str(SQUAD / "part-a.json"), "--task", "question_answering", "-c", "question", "-c",
+        "context", "-l", "answers", "--limit", "5", "--max-length", str(max_length), "--batch-size", "3",
+        "-t", str(teacher), "-o", str(output), "-q"])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in output.read_text().splitlines()]
+
+
+def test_kd_augment_label_writes_each_question_with_its_windows_logits(tiny_qa_teacher: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from kd_core import FeatureNeeds
+    from kd_core.features import TEACHER_LOGITS
+    from kd_models.adaptors import HFAdaptor
+
+    rows = _label_squad(tiny_qa_teacher, tmp_path / "clean.jsonl")
+    task, spec, dataset = _qa_data(tiny_qa_teacher)
+    assert [r["question"] for r in rows] == [q.question for q in dataset.questions]
+    assert [len(r[TEACHER_LOGITS]) for r in rows] == [dataset.example_rows.count(q) for q in range(5)]
+    assert read_questions(tmp_path / "clean.jsonl") == read_questions(SQUAD / "part-a.json", limit=5), \
+        "the labelled rows read back as the same questions with the same answers"
+
+    _, _, labelled = _qa_data(tiny_qa_teacher, path=str(tmp_path / "clean.jsonl"), teacher_logits=TEACHER_LOGITS)
+    model = task.load_teacher(spec).eval()
+    batch = task.collator(spec)([labelled[i] for i in range(len(labelled))])
+    with torch.no_grad():
+        online = task.adaptor(model).run(model, batch, FeatureNeeds({"logits": set()}))["logits"]
+    torch.testing.assert_close(batch[TEACHER_LOGITS], online, rtol=1e-5, atol=1e-5)
+
+    calls = []
+    original_run = HFAdaptor.run
+
+    def interrupted(self, model, batch, needs):
+        calls.append(len(batch["input_ids"]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original_run(self, model, batch, needs)
+
+    monkeypatch.setattr(HFAdaptor, "run", interrupted)
+    output = tmp_path / "resumed.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        label_file(task, spec, DataFile(path=str(SQUAD / "part-a.json"), limit=5, **FIELDS), output, max_length=64,
+                   batch_size=3, progress=False)
+    kept = output.read_text().splitlines()
+    assert len(kept) < 5 and all(len(json.loads(r)[TEACHER_LOGITS]) == dataset.example_rows.count(i)
+                                 for i, r in enumerate(kept)), "only whole questions were written"
+    monkeypatch.setattr(HFAdaptor, "run", original_run)
+    assert _label_squad(tiny_qa_teacher, output) == rows
+
+
+def test_stored_logits_from_another_max_length_are_refused(tiny_qa_teacher: Path, tmp_path: Path) -> None:
+    _label_squad(tiny_qa_teacher, tmp_path / "labelled.jsonl", max_length=64)
+    with pytest.raises(ConfigError, match=r"at max_length 96 it reads .* label the file with the recipe's "
+                                          r"data.max_length"):
+        _qa_data(tiny_qa_teacher, 96, path=str(tmp_path / "labelled.jsonl"), teacher_logits="teacher_logits")
+
+
+def test_stored_and_cached_teacher_logits_distil_as_the_teacher_does(tiny_qa_teacher: Path, tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig
+    from kd_core.features import TEACHER_LOGITS
+
+    _label_squad(tiny_qa_teacher, tmp_path / "labelled.jsonl")
+    task, spec, plain = _qa_data(tiny_qa_teacher)
+    _, _, stored = _qa_data(tiny_qa_teacher, path=str(tmp_path / "labelled.jsonl"), teacher_logits=TEACHER_LOGITS)
+    batches = -(-len(plain) // 4)
+    runs = {}
+    for name, dataset, caching in (("online", plain, False), ("stored", stored, False), ("cached", plain, True)):
+        teacher = task.load_teacher(spec)
+        torch.manual_seed(0)
+        student = BertForQuestionAnswering(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                                      num_attention_heads=2, intermediate_size=64,
+                                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+        distiller = GeneralDistiller(TrainingConfig(output_dir=str(tmp_path / name), progress=False),
+                                     DistillationConfig(temperature=4, kd_loss_type="ce", hard_label_weight=0.5,
+                                                        is_caching_logits=caching),
+                                     teacher, student, task.adaptor(teacher), task.adaptor(student))
+        loader = DataLoader(dataset, batch_size=4, collate_fn=task.collator(spec))
+        distiller.train(torch.optim.AdamW(student.parameters(), lr=1e-3), loader, num_epochs=2)
+        runs[name] = (distiller.teacher_forwards, student.state_dict())
+    assert [runs[n][0] for n in ("online", "stored", "cached")] == [2 * batches, 0, batches]
+    for name in ("stored", "cached"):
+        for key, value in runs["online"][1].items():
+            torch.testing.assert_close(runs[name][1][key], value, rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")

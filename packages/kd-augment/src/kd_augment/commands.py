@@ -67,6 +67,8 @@ def augment_group() -> None:
     kd augment mlm INPUT -c sentence -o grown.jsonl --model M  # masked-LM word replacement
     kd augment generate INPUT -c sentence -o new.jsonl --n 1000  # SmolLM2 fine-tuned on INPUT
     kd augment label grown.jsonl -c sentence -o labelled.jsonl --teacher T
+    kd augment label squad.json --task question_answering -c question -c context -l answers \\
+        --max-length 256 -o labelled.jsonl --teacher T   # one row per question, logits per window
     """
 
 
@@ -140,14 +142,19 @@ def _run(name: str, options: dict[str, Any], n: int, input_path: Path, text_colu
               help="Tokens per text (use the distillation recipe's data.max_length).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also keep the logits in this teacher cache (a recipe's distillation.teacher_cache_dir).")
+@click.option("--label-column", "-l", default=None,
+              help="A label column to read and keep (question answering: the answers, which its rows are "
+                   "rewritten with, -c question -c context -l answers).")
 @click.option("--device", default="cpu", show_default=True)
 def label_command(input_path: Path, text_columns: tuple[str, ...], output: Path, limit: int | None, file_format: str,
                   header: list[str] | None, overwrite: bool, quiet: bool, teacher: str, task: str,
-                  top_k: int | None, batch_size: int, max_length: int, cache_dir: Path | None, device: str) -> None:
-    """Write every row of INPUT with the teacher's logits (``teacher_logits``)."""
+                  top_k: int | None, batch_size: int, max_length: int, cache_dir: Path | None,
+                  label_column: str | None, device: str) -> None:
+    """Write every row of INPUT with the teacher's logits (``teacher_logits``); for question
+    answering, every question with the logits of each window of its context."""
     text_columns = _text_columns(input_path, text_columns, file_format, header)
     data = DataFile(path=str(resolve_path(input_path, None, "INPUT")), text=list(text_columns), limit=limit,
-                    format=file_format, columns=header)
+                    format=file_format, columns=header, label=label_column)
     written = label_file(get_task(task), ModelSpec(model=teacher), data, output, max_length=max_length,
                          batch_size=batch_size, top_k=top_k, cache_dir=cache_dir, device=device,
                          overwrite=overwrite, progress=not quiet)

@@ -78,13 +78,19 @@ class BasicDistiller(Engine):
         """The teachers by name (one, called ``teacher``, for the single-teacher distillers)."""
         return {"teacher": self.model_T}
 
+    def teacher_adaptors(self) -> dict[str, Adaptor]:
+        """Each teacher's adaptor, by the names of :meth:`teacher_models`."""
+        return {"teacher": self.adaptor_T}
+
     def prepare(self) -> None:
         super().prepare()
         config = self.d_config
+        adaptors = self.teacher_adaptors()
         for name, teacher in self.teacher_models().items():
             teacher.to(self.device).eval()
             if name not in self.teacher_caches and (config.is_caching_logits or config.teacher_cache_dir):
-                self.teacher_caches[name] = TeacherCache(teacher, config.teacher_cache_dir, config.teacher_cache_top_k)
+                self.teacher_caches[name] = TeacherCache(teacher, config.teacher_cache_dir, config.teacher_cache_top_k,
+                                                         adaptors[name].logits_over_tokens)
 
     @property
     def teacher_cache(self) -> TeacherCache | None:
@@ -113,8 +119,10 @@ class BasicDistiller(Engine):
 
         Logits stored with the data (the batch's ``teacher_logits``, from a labelled transfer
         set) are used as the teacher's logits; the teacher then runs only if other features of it
-        are read."""
+        are read. A plan that reads nothing of the teacher (hard labels only) runs no teacher."""
         needs = self.loss_plan.needs_T
+        if not needs.layers:
+            return {}
         stored = batch.get(TEACHER_LOGITS) if isinstance(batch, Mapping) else None
         if stored is None:
             return self.run_teacher("teacher", self.model_T, self.adaptor_T, batch, needs)
@@ -185,6 +193,9 @@ class MultiTeacherDistiller(GeneralDistiller):
 
     def teacher_models(self) -> dict[str, nn.Module]:
         return self.models_T
+
+    def teacher_adaptors(self) -> dict[str, Adaptor]:
+        return self.adaptors_T
 
     def teacher_features(self, batch: Any) -> Features:
         """Each teacher's features for what is read from it, and the ensemble's logits."""
@@ -314,6 +325,9 @@ class MultiTaskDistiller(BasicDistiller):
 
     def teacher_models(self) -> dict[str, nn.Module]:
         return self.models_T
+
+    def teacher_adaptors(self) -> dict[str, Adaptor]:
+        return self.adaptors_T
 
     def train(self, optimizer: torch.optim.Optimizer, dataloaders: Mapping[str, Any], num_epochs: int | None = None,
               num_steps: int | None = None, tau: float = 1.0, **kwargs: Any):

@@ -2,8 +2,9 @@
 
 Features are a plain dict with TextBrewer's adaptor keys plus kd's:
 
-- ``logits``: [B, C] or [B, L, C] tensor (or a list of them); ``logits_mask``: [B] / [B, L] rows
-  that count (1 = real);
+- ``logits``: [B, C] or [B, L, C] tensor (or a list of them), or [B, R, L] when the adaptor's
+  ``logits_over_tokens`` says that the distributions run over the tokens (a span head's start
+  and end); ``logits_mask``: [B] / [B, L] / [B, R] rows that count (1 = real);
 - ``labels``: gold labels for the hard-label loss; ``losses``: losses the model computed itself;
 - ``hidden``: per-layer [B, L, D] states (index 0 = embeddings); ``attention``: per-layer
   [B, H, L, L] probabilities; ``attention_scores``: pre-softmax; ``q``, ``k``, ``v``: per-layer
@@ -24,6 +25,11 @@ Features = dict[str, Any]
 
 FEATURE_KEYS = ("logits", "logits_mask", "labels", "losses", "hidden", "attention",
                 "attention_scores", "q", "k", "v", "inputs_mask")
+
+MASKED_LOGIT = -1e4
+"""The logit of a position that a distribution over tokens must not reach (outside a span head's
+context, padding): its probability is exactly 0 in float32 at any temperature kd uses, and
+unlike -inf it keeps every loss finite."""
 
 TEACHER_LOGITS = "teacher_logits"
 """The batch key of teacher logits stored with the data (a transfer set labelled by
@@ -55,6 +61,11 @@ class Adaptor:
     Subclasses override :meth:`__call__` (TextBrewer's ``adaptor(batch, model_outputs)``) and,
     when they need to prepare the model (request hidden states, install hooks), :meth:`run`.
     """
+
+    logits_over_tokens: bool = False
+    """Whether the last dimension of ``logits`` runs over the batch's tokens ([B, R, L]: the start
+    and end distributions of a span head) instead of over classes. Teacher caches and stored
+    teacher logits then keep that dimension's real tokens and pad it with :data:`MASKED_LOGIT`."""
 
     def run(self, model: nn.Module, batch: Any, needs: FeatureNeeds) -> Features:
         """Run ``model`` on ``batch`` and extract the features in ``needs``."""
@@ -126,7 +137,8 @@ def trim_padding(batch: Any) -> Any:
 
     Applies to dict batches (and tuples or lists of them) with an ``attention_mask`` [B, L] that
     pads on one side (right or left): every [B, L, ...] tensor is cut to the used columns
-    (stored teacher logits only at token level, [B, L, C]). Models that respect the attention
+    (stored teacher logits at token level, [B, L, C], and over tokens, [B, R, L], on their
+    token dimension). Models that respect the attention
     mask give the same outputs at every real position, so kd's losses, which read real tokens
     only, do not change. Other batches come back as they are.
     """
@@ -148,7 +160,12 @@ def trim_padding(batch: Any) -> Any:
         return batch
     trimmed = {}
     for key, value in batch.items():
-        sequence = (isinstance(value, torch.Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == (size, length)
-                    and (key != TEACHER_LOGITS or value.dim() >= 3))
-        trimmed[key] = value[:, columns] if sequence else value
+        if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[0] != size:
+            trimmed[key] = value
+        elif key == TEACHER_LOGITS and value.dim() == 3 and value.shape[1] != length and value.shape[2] == length:
+            trimmed[key] = value[:, :, columns]
+        elif value.shape[1] == length and (key != TEACHER_LOGITS or value.dim() >= 3):
+            trimmed[key] = value[:, columns]
+        else:
+            trimmed[key] = value
     return trimmed

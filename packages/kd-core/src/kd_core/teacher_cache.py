@@ -7,7 +7,10 @@ plan reads from the teacher (logits and per-layer hidden states, attention, Q/K/
 example's real tokens. A batch is served from the cache when every example is in it with every
 feature the plan needs; otherwise the teacher runs on the batch and its entries are written. The
 batch is then assembled from the entries in both cases, so every epoch sees the same values.
-Padded positions come back as zeros, which kd's losses ignore (their mask excludes padding).
+Padded positions come back as zeros, which kd's losses ignore (their mask excludes padding);
+logits whose last dimension runs over the tokens (a span head's, :attr:`Adaptor.logits_over_tokens
+<kd_core.features.Adaptor.logits_over_tokens>`) keep their real tokens on that dimension and come
+back with :data:`~kd_core.features.MASKED_LOGIT` at padding, so the padding gets no probability.
 
 Backends: in memory (TextBrewer's ``is_caching_logits``) or a directory of safetensors files
 (``teacher_cache_dir``) that later runs reuse. Each file carries its key, the teacher's identity
@@ -32,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from kd_core.features import TEACHER_LOGITS, FeatureNeeds, Features
+from kd_core.features import MASKED_LOGIT, TEACHER_LOGITS, FeatureNeeds, Features
 
 PER_LAYER = ("hidden", "attention", "attention_scores", "q", "k", "v")
 SEQUENCE_DIMS = {"hidden": (1,), "attention": (2, 3), "attention_scores": (2, 3), "q": (2,), "k": (2,), "v": (2,)}
@@ -109,17 +112,31 @@ def _take_real(tensor: torch.Tensor, dims: tuple[int, ...], real: torch.Tensor |
     return tensor
 
 
-def _put_real(values: torch.Tensor, dims: tuple[int, ...], real: torch.Tensor | None, length: int) -> torch.Tensor:
-    """The inverse of :func:`_take_real`: zeros at padded positions."""
+def _put_real(values: torch.Tensor, dims: tuple[int, ...], real: torch.Tensor | None, length: int,
+              fill: float = 0.0) -> torch.Tensor:
+    """The inverse of :func:`_take_real`: ``fill`` at padded positions."""
     if real is None:
         return values
     index = real.nonzero().squeeze(-1).to(values.device)
     for dim in dims:
         shape = list(values.shape)
         shape[dim - 1] = length
-        padded = values.new_zeros(shape)
+        padded = values.new_full(shape, fill)
         values = padded.index_copy(dim - 1, index, values)
     return values
+
+
+def _logit_token_dims(logits: torch.Tensor, over_tokens: bool) -> tuple[int, ...]:
+    """The dimensions of one example's logits (batch dimension removed, numbered as in a batch)
+    that run over tokens: none for [C], the first of [L, C], the last of [R, L] ``over_tokens``."""
+    if over_tokens:
+        return (logits.dim(),)
+    return (1,) if logits.dim() == 2 else ()
+
+
+def _cut_logits(logits: torch.Tensor, real: torch.Tensor | None, over_tokens: bool = False) -> torch.Tensor:
+    """One example's logits cut to its real tokens (see :func:`_logit_token_dims`)."""
+    return _take_real(logits, _logit_token_dims(logits, over_tokens), real)
 
 
 def compress_logits(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
@@ -150,13 +167,17 @@ def logits_from_parts(parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return parts["logits"] if "logits" in parts else expand_logits(parts)
 
 
-def stack_logits(rows: list[torch.Tensor], reals: list[torch.Tensor | None], length: int | None) -> torch.Tensor:
+def stack_logits(rows: list[torch.Tensor], reals: list[torch.Tensor | None], length: int | None,
+                 over_tokens: bool = False) -> torch.Tensor:
     """A batch of per-example logits: [C] rows stacked; token-level [n_real, C] rows put back at
     their real positions of ``length`` tokens (``reals``: each example's real-token mask), with
-    zeros at padding."""
-    if rows and rows[0].dim() == 2:
-        rows = [r if real is None else _put_real(r, (1,), real, length)
-                for r, real in zip(rows, reals, strict=True)]
+    zeros at padding; with ``over_tokens``, [R, n_real] rows put back on their last dimension,
+    with :data:`~kd_core.features.MASKED_LOGIT` at padding."""
+    if rows:
+        dims = _logit_token_dims(rows[0], over_tokens)
+        fill = MASKED_LOGIT if over_tokens else 0.0
+        rows = [r if real is None else _put_real(r, dims, real, length, fill) for r, real in zip(rows, reals,
+                                                                                                  strict=True)]
     return torch.stack(rows)
 
 
@@ -167,12 +188,15 @@ class TeacherCache:
     ``compute()`` (the teacher forward) only when some example or feature is missing.
     """
 
-    def __init__(self, teacher: nn.Module, directory: str | Path | None = None, top_k: int | None = None) -> None:
+    def __init__(self, teacher: nn.Module, directory: str | Path | None = None, top_k: int | None = None,
+                 logits_over_tokens: bool = False) -> None:
         if top_k is not None and top_k < 1:
             raise ValueError(f"teacher cache top_k must be at least 1, got {top_k}")
         self.identity = teacher_identity(teacher)
         self.directory = None if directory is None else Path(directory) / self.identity[:32]
         self.top_k = top_k
+        self.logits_over_tokens = logits_over_tokens
+        """The teacher adaptor's :attr:`~kd_core.features.Adaptor.logits_over_tokens`."""
         self.stats = CacheStats()
         self._memory: dict[str, _Entry] = {}
         self._warned = False
@@ -255,10 +279,7 @@ class TeacherCache:
     def _entry(self, features: Features, needs: FeatureNeeds, index: int, real: torch.Tensor | None) -> _Entry:
         entry = _Entry()
         if "logits" in needs:
-            logits = features["logits"][index].detach()
-            token_level = logits.dim() == 2
-            if token_level:
-                logits = _take_real(logits, (1,), real)
+            logits = _cut_logits(features["logits"][index].detach(), real, self.logits_over_tokens)
             if self.top_k is None:
                 entry.tensors["logits"] = logits.cpu().contiguous()
             else:
@@ -279,7 +300,7 @@ class TeacherCache:
         features: Features = {}
         if "logits" in needs:
             rows = [logits_from_parts(_logit_parts(e)) for e in entries]
-            features["logits"] = stack_logits(rows, reals, length).to(device)
+            features["logits"] = stack_logits(rows, reals, length, self.logits_over_tokens).to(device)
         for feature in PER_LAYER:
             if feature not in needs:
                 continue

@@ -9,10 +9,15 @@ unanswerable question).
 
 Features: ``logits`` [B, 2, L] holds the start and end logits, with every position outside the
 context (question, separators, padding; [CLS] stays, it is the null answer) set to
-:data:`MASKED`, so a softmax over the sequence, and so ``ce``/``kl`` at temperature T, reads only
-the context: the two distributions are two rows, which the logit losses average (TextBrewer's
-MRC recipe); ``labels`` [B, 2] make the hard-label loss the mean of the start and end
-cross-entropies.
+:data:`~kd_core.features.MASKED_LOGIT`, so a softmax over the sequence, and so ``ce``/``kl`` at
+temperature T, reads only the context: the two distributions are two rows, which the logit
+losses average (TextBrewer's MRC recipe); ``labels`` [B, 2] make the hard-label loss the mean of
+the start and end cross-entropies. The adaptor's logits run over the tokens
+(``logits_over_tokens``), so the teacher cache stores each window's logits at its real tokens.
+
+Stored teacher logits: ``kd augment label --task question_answering`` writes each question once
+with the list of its windows' logits; a data file with ``teacher_logits`` gives each window its
+own, and refuses a file whose windows differ from the ones read (another ``max_length``).
 
 Evaluation: over all windows of a question, the ``n_best`` start and end positions of each window
 give candidate spans (start <= end, at most ``max_answer_length`` tokens, inside the context);
@@ -36,24 +41,24 @@ from transformers import AutoModelForQuestionAnswering
 
 from kd_core.data import resolve_path
 from kd_core.errors import ConfigError
-from kd_core.features import Adaptor, FeatureNeeds
+from kd_core.features import MASKED_LOGIT, TEACHER_LOGITS, Adaptor, FeatureNeeds
 from kd_core.inference import RunSettings, run_model
+from kd_core.labelling import collate_teacher_logits
 from kd_core.schema import DataFile, ModelSpec, StudentSpec
 from kd_core.tasks import Evaluation, get_metric
 from kd_models.adaptors import HFAdaptor
 from kd_models.squad import Question, read_questions
 from kd_models.tasks import SequenceClassificationTask, from_pretrained, tokenizer_for
 
-MASKED = -1e4
-"""The logit of a position outside the context: its probability is exactly 0 in float32 at any
-temperature kd uses, and unlike -inf it keeps every loss finite."""
-
 SPAN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class QuestionAnsweringAdaptor(HFAdaptor):
     """The ``hf`` adaptor for span heads: ``logits`` [B, 2, L] (start, end), the positions
-    outside ``context_mask`` set to :data:`MASKED`; ``labels`` [B, 2] (first and last token)."""
+    outside ``context_mask`` set to :data:`~kd_core.features.MASKED_LOGIT`; ``labels`` [B, 2]
+    (first and last token)."""
+
+    logits_over_tokens = True
 
     def head_logits(self, batch: Any, model_outputs: Any) -> tuple[Any, Any]:
         start, end = getattr(model_outputs, "start_logits", None), getattr(model_outputs, "end_logits", None)
@@ -63,7 +68,7 @@ class QuestionAnsweringAdaptor(HFAdaptor):
         logits = torch.stack([start, end], dim=1)
         context = batch.get("context_mask")
         if context is not None:
-            logits = logits.masked_fill(~context.bool()[:, None, :], MASKED)
+            logits = logits.masked_fill(~context.bool()[:, None, :], MASKED_LOGIT)
         return logits, None
 
 
@@ -80,17 +85,43 @@ class Window:
     start: int
     end: int
     """The answer's first and last token here, or ``cls_index`` twice."""
+    teacher_logits: Any = None
+    """The stored teacher logits of this window (JSON values), when the file has them."""
 
 
 class QuestionAnsweringDataset(torch.utils.data.Dataset):
-    """The windows of a set of questions, in order (a question's windows are consecutive)."""
+    """The windows of a set of questions, in order (a question's windows are consecutive).
 
-    def __init__(self, questions: list[Question], windows: list[Window]) -> None:
+    Its examples are windows and its rows questions (:class:`~kd_core.labelling.RowGroups`), so
+    that labelling writes one row per question. ``fields`` are the question, context and answers
+    fields the file was read with (answers None: read without them)."""
+
+    def __init__(self, questions: list[Question], windows: list[Window],
+                 fields: tuple[str, str, str | None] = ("question", "context", "answers")) -> None:
         self.questions = questions
         self.windows = windows
+        self.fields = fields
 
     def __len__(self) -> int:
         return len(self.windows)
+
+    @property
+    def example_rows(self) -> list[int]:
+        """The question of each window."""
+        return [w.question for w in self.windows]
+
+    def label_rows(self) -> list[dict[str, Any]]:
+        """Each question as a JSON-lines record that :func:`~kd_models.squad.read_questions` reads
+        back with the same fields."""
+        question, context, answers = self.fields
+        rows = []
+        for q in self.questions:
+            row = {"id": q.id, question: q.question, context: q.context}
+            if answers is not None:
+                row[answers] = [{"text": a, "answer_start": s} for a, s in zip(q.answers, q.answer_starts,
+                                                                               strict=True)]
+            rows.append(row)
+        return rows
 
     @property
     def texts(self) -> list[str]:
@@ -101,12 +132,16 @@ class QuestionAnsweringDataset(torch.utils.data.Dataset):
         window = self.windows[index]
         context = [int(o is not None) for o in window.offsets]
         context[window.cls_index] = 1
-        return {**window.inputs, "labels": [window.start, window.end], "context_mask": context}
+        example = {**window.inputs, "labels": [window.start, window.end], "context_mask": context}
+        if window.teacher_logits is not None:
+            example[TEACHER_LOGITS] = window.teacher_logits
+        return example
 
 
 class SpanCollator:
     """Pads windows to the longest one; stacks ``labels`` [B, 2] and their HF names
-    (``start_positions``, ``end_positions``, for the model's own loss) and pads ``context_mask``."""
+    (``start_positions``, ``end_positions``, for the model's own loss), pads ``context_mask`` and
+    stored teacher logits ([B, 2, L], :data:`~kd_core.features.MASKED_LOGIT` at padding)."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -123,6 +158,9 @@ class SpanCollator:
         masks = [([0] * (width - len(e["context_mask"])) + e["context_mask"]) if left else
                  (e["context_mask"] + [0] * (width - len(e["context_mask"]))) for e in examples]
         batch["context_mask"] = torch.tensor(masks, dtype=torch.long)
+        if TEACHER_LOGITS in examples[0]:
+            batch[TEACHER_LOGITS] = collate_teacher_logits([e[TEACHER_LOGITS] for e in examples],
+                                                           batch["attention_mask"], over_tokens=True)
         return batch
 
 
@@ -170,8 +208,12 @@ class QuestionAnsweringTask(SequenceClassificationTask):
         if len(columns) != 2:
             raise ConfigError(f"{where}.text: question answering reads two fields, [QUESTION, CONTEXT]; got {columns}")
         path = resolve_path(file.path, base_dir, f"{where}.path")
-        questions = read_questions(path, columns[0], columns[1], file.label, file.limit, file.skip, where)
-        return QuestionAnsweringDataset(questions, self.windows(questions, tokenizer_for(model), max_length, where))
+        questions = read_questions(path, columns[0], columns[1], file.label, file.limit, file.skip, where,
+                                   file.teacher_logits)
+        windows = self.windows(questions, tokenizer_for(model), max_length, where)
+        if file.teacher_logits is not None:
+            _attach_teacher_logits(questions, windows, max_length, f"{where} ({path.name})")
+        return QuestionAnsweringDataset(questions, windows, (columns[0], columns[1], file.label))
 
     def windows(self, questions: list[Question], tokenizer: Any, max_length: int, where: str = "data") -> list[Window]:
         """Every question's windows (see the module's docstring)."""
@@ -286,6 +328,31 @@ def _answer_tokens(question: Question, offsets: list[tuple[int, int] | None], cl
             return start, end
         held.append((start, end))
     return held[0] if held else (cls_index, cls_index)
+
+
+def _attach_teacher_logits(questions: list[Question], windows: list[Window], max_length: int, where: str) -> None:
+    """Give every window its question's stored logits for it, after checking that the file was
+    labelled with the same windows (as many per question, as many real tokens in each)."""
+    by_question: dict[int, list[Window]] = {}
+    for window in windows:
+        by_question.setdefault(window.question, []).append(window)
+    for number, question in enumerate(questions):
+        own, stored = by_question[number], question.teacher_logits
+        lengths = [len(w.inputs["input_ids"]) for w in own]
+        if len(stored) != len(own) or [_stored_length(s) for s in stored] != lengths:
+            raise ConfigError(f"{where}: question {question.id!r} has stored teacher logits for "
+                              f"{[_stored_length(s) for s in stored]} tokens in {len(stored)} window(s), but at "
+                              f"max_length {max_length} it reads {len(own)} window(s) of {lengths} tokens; label the "
+                              "file with the recipe's data.max_length (kd augment label --max-length)")
+        for window, value in zip(own, stored, strict=True):
+            window.teacher_logits = value
+
+
+def _stored_length(value: Any) -> int:
+    """The tokens one window's stored logits cover: [2, n] lists, or top-k parts over n positions."""
+    if isinstance(value, dict):
+        return int(value.get("vocab", -1))
+    return len(value[0]) if isinstance(value, list) and value and isinstance(value[0], list) else -1
 
 
 def first_sentence(context: str) -> str:

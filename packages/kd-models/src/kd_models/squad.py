@@ -37,13 +37,18 @@ class Question:
     answers: list[str] = field(default_factory=list)
     answer_starts: list[int] = field(default_factory=list)
     """The character offset of each answer in ``context``."""
+    teacher_logits: list[Any] | None = None
+    """Stored teacher logits of each of the question's windows (a file labelled by ``kd augment
+    label``), as JSON values."""
 
 
 def read_questions(path: Path, question: str = "question", context: str = "context", answers: str | None = "answers",
-                   limit: int | None = None, skip: int = 0, where: str = "data") -> list[Question]:
+                   limit: int | None = None, skip: int = 0, where: str = "data",
+                   teacher_logits: str | None = None) -> list[Question]:
     """The questions of a SQuAD JSON file (v1.1 or v2.0) or a JSON-lines file, in file order,
     ``skip`` passed over and at most ``limit`` kept. ``answers`` names the answers field (None:
-    the questions are read without answers)."""
+    the questions are read without answers); ``teacher_logits`` the field of stored teacher
+    logits (a list per question, one entry per window)."""
     records = _squad_records(path, where)
     if records is None:
         records = read_records(path, None if limit is None else skip + limit, "jsonl", where)
@@ -55,13 +60,19 @@ def read_questions(path: Path, question: str = "question", context: str = "conte
         if missing:
             raise ConfigError(f"{row} has no field {missing[0]!r} (it has {sorted(record)}); name the question and "
                               f"context fields in data.text: [QUESTION, CONTEXT]")
+        stored = None
+        if teacher_logits is not None:
+            stored = record.get(teacher_logits)
+            if not isinstance(stored, list) or not stored:
+                raise ConfigError(f"{row} has no list of per-window teacher logits in field {teacher_logits!r}; "
+                                  "label the file with kd augment label --task question_answering")
         texts, starts = _answers(record.get(answers) if answers is not None else None, row)
         text = str(record[context])
         for answer, start in zip(texts, starts, strict=True):
             if text[start:start + len(answer)] != answer:
                 raise ConfigError(f"{row}: answer {answer!r} is not at character {start} of its context "
                                   f"(found {text[start:start + len(answer)]!r})")
-        questions.append(Question(str(record.get("id", number)), str(record[question]), text, texts, starts))
+        questions.append(Question(str(record.get("id", number)), str(record[question]), text, texts, starts, stored))
     return questions
 
 
