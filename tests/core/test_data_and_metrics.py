@@ -80,6 +80,34 @@ def test_paths_resolve_against_the_recipe_folder_then_the_working_directory(tmp_
         resolve_path("missing.tsv", tmp_path / "recipes", "data.train.path")
 
 
+def test_a_package_path_names_a_file_inside_an_installed_package() -> None:
+    import kd_core
+
+    found = resolve_path("package:kd_core/demo_data/sst2/dev.tsv", None, "data.eval")
+    assert found == (Path(kd_core.__file__).parent / "demo_data" / "sst2" / "dev.tsv").resolve()
+    with pytest.raises(ConfigError, match=r"data.eval: 'package:kd_core/nothing.tsv': the package kd_core has no file"):
+        resolve_path("package:kd_core/nothing.tsv", None, "data.eval")
+    with pytest.raises(ConfigError, match=r"names the package 'no_such_package_kd', which is not installed"):
+        resolve_path("package:no_such_package_kd/x.csv", None, "data.eval")
+
+
+def test_a_data_file_is_one_path_or_several_sources() -> None:
+    from kd_core.schema import DataFile
+
+    assert DataFile(path="a.txt").text_columns == ["text"], "a plain-text file's lines are the column text"
+    mixed = DataFile(sources=[{"path": "a.txt", "weight": 2}, {"path": "b.csv", "select": {"source": "imdb"}}])
+    assert [s.weight for s in mixed.sources] == [2, 1.0] and mixed.sources[1].select == {"source": "imdb"}
+    for bad, message in (({}, "give the path of a file, or sources"),
+                         ({"path": "a.txt", "sources": [{"path": "b.txt"}]}, "not both"),
+                         ({"sources": []}, "at least one file"),
+                         ({"sources": [{"sources": [{"path": "a.txt"}]}]}, "a source is one file"),
+                         ({"path": "a.txt", "weight": 0}, "greater than 0")):
+        with pytest.raises(ConfigError, match=message):
+            DataFile.from_dict(bad, where="data.train")
+    with pytest.raises(ConfigError, match=r"data\.train: this step reads one file"):
+        resolve_path(None, None, "data.train.path")
+
+
 def test_matthews_and_f1_follow_their_formulas() -> None:
     gold = torch.tensor([1, 1, 1, 0, 0, 0, 1, 0, 1, 1])
     pred = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0, 0, 1])

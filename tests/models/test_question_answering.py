@@ -328,3 +328,17 @@ def test_stored_and_cached_teacher_logits_distil_as_the_teacher_does(tiny_qa_tea
     for name in ("stored", "cached"):
         for key, value in runs["online"][1].items():
             torch.testing.assert_close(runs[name][1][key], value, rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+
+
+def test_task_options_in_a_recipe_are_the_tasks_keyword_arguments() -> None:
+    from kd_core.assembly import task_for
+    from kd_core.schema import load_recipe
+
+    recipe, _ = load_recipe(RECIPE, ["task_options={doc_stride: 64, max_answer_length: 12}"])
+    task = task_for(recipe)
+    assert isinstance(task, QuestionAnsweringTask) and (task.doc_stride, task.max_answer_length) == (64, 12)
+    assert get_task("question_answering").doc_stride == 128, "the registered task is left as it is"
+    recipe, _ = load_recipe(RECIPE, ["task_options={stride: 64}"])
+    with pytest.raises(ConfigError, match="task question_answering has no option stride; its options are "
+                                          "doc_stride, n_best"):
+        task_for(recipe)

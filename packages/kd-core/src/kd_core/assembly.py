@@ -30,8 +30,21 @@ it may not ask for more than the data gives."""
 
 
 def task_for(recipe: Recipe) -> Task:
-    """The registered task the recipe names."""
-    return get_task(recipe.task)
+    """The registered task the recipe names, built anew with its ``task_options`` when it has some
+    (the options are the keyword arguments of the task's class)."""
+    task = get_task(recipe.task)
+    if not recipe.task_options:
+        return task
+    accepted = [name for name, p in inspect.signature(type(task)).parameters.items()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = sorted(set(recipe.task_options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"task_options: task {recipe.task} has no option {', '.join(unknown)}; its options are "
+                          f"{', '.join(accepted) or 'none'}")
+    try:
+        return type(task)(**recipe.task_options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"task_options: {exc}") from None
 
 
 def load_teachers(task: Task, recipe: Recipe, train_head: bool = False) -> dict[str, nn.Module]:
@@ -65,7 +78,8 @@ def teacher_recipe(recipe: Recipe, spec: ModelSpec, task_spec: TaskSpec | None =
     # a teacher checkpoint is large: one per epoch, only the newest kept
     training = training.model_copy(update={"ckpt_steps": None, "keep_checkpoints": 1}) if spec.finetune else training
     return Recipe.from_dict({
-        "task": recipe.task, "data": data.to_dict(), "training": training.to_dict(),
+        "task": recipe.task, "task_options": recipe.task_options, "data": data.to_dict(),
+        "training": training.to_dict(),
         "teacher": spec.model_copy(update={"finetune": None, "name": None}).to_dict(),
         "eval": (task_spec.eval if task_spec is not None else recipe.eval).to_dict(),
     }, where="teacher.finetune")

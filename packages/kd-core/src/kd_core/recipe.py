@@ -74,7 +74,7 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
     if not is_main_process():
         return {}
     task.save_model(model, output_dir / "model", recipe.primary_teacher)
-    metric = eval_metrics(task, recipe.eval.metric)[0]
+    metric = next(iter(eval_metrics(task, recipe.eval.metric)), None)
     report: dict[str, Any] = {"task": recipe.task, "metric": metric}
     if data.eval is not None:
         report["model"] = measure(task, model, adaptor, data, recipe)
@@ -185,7 +185,7 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
     student = _distill_stage(task, recipe, recipe.student, current, data, init_data, output_dir, resume)
     if not is_main_process():
         return {}
-    metric = eval_metrics(task, recipe.eval.metric)[0]
+    metric = next(iter(eval_metrics(task, recipe.eval.metric)), None)
     report: dict[str, Any] = {"task": recipe.task, "metric": metric}
     if data.eval is not None:
         teacher = next(iter(teachers.values()))

@@ -27,15 +27,6 @@ def settings_fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_fingerprint(path: Path) -> str:
-    """A hash of a file's bytes, so that a changed input is never continued as if it were the same."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ResumableJsonl:
     """Appends JSON records to ``path`` unit by unit; see the module docstring.
 

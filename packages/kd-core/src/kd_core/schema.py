@@ -23,10 +23,11 @@ from kd_core.paths import resolve_model_path
 class DataFile(ConfigModel):
     """One file: TSV, CSV, JSONL, CoNLL or plain text (one example per line, the column ``text``)
     with a text column (or a pair), a label column and, for a transfer set labelled by
-    ``kd augment label``, a column of stored teacher logits."""
+    ``kd augment label``, a column of stored teacher logits. Or, for unlabelled text (task
+    ``general``), several such files mixed by weight (``sources``)."""
 
-    path: str
-    text: str | list[str]
+    path: str | None = None
+    text: str | list[str] = "text"
     label: str | None = None
     """The gold label column; without it the examples have no labels (a teacher-labelled transfer
     set, distilled with ``hard_label_weight: 0``)."""
@@ -40,6 +41,26 @@ class DataFile(ConfigModel):
     columns: list[str] | None = None
     """The column names, in order, of a TSV/CSV without a header row (CoLA's files), or the names
     of a CoNLL file's two columns (default ``tokens`` and ``tags``)."""
+    select: dict[str, Any] | None = None
+    """Read only the rows whose columns hold these values (``{source: imdb}``: the IMDB reviews of
+    a file that also holds other sources). Read by task ``general``."""
+    sources: list[DataFile] | None = None
+    """Several files read as one corpus (task ``general``), each with its ``weight``; give either
+    ``path`` or ``sources``."""
+    weight: float = Field(1.0, gt=0)
+    """In ``sources``: how many times the file's examples are read per epoch (2: twice; 0.5: a
+    seeded half of them)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataFile:
+        if (self.path is None) == (self.sources is None):
+            raise ValueError("give the path of a file, or sources (several files), not both")
+        if self.sources is not None:
+            if not self.sources:
+                raise ValueError("sources: give at least one file")
+            if any(source.sources is not None for source in self.sources):
+                raise ValueError("sources: a source is one file (a path), not another list of sources")
+        return self
 
     @property
     def text_columns(self) -> list[str]:
@@ -256,6 +277,9 @@ class Recipe(ConfigModel):
     """
 
     task: str
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the task (``doc_stride: 64`` for question_answering,
+    ``mlm_probability: 0.15`` for general); empty: the registered task as it is."""
     data: DataSpec | None = None
     teacher: ModelSpec | list[ModelSpec] | None = None
     """One teacher, or several (``MultiTeacherDistiller``); the first gives the tokenizer and the

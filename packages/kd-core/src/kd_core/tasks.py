@@ -122,7 +122,10 @@ def get_metric(name: str, task: Task | None = None, task_name: str = "") -> Metr
 
 def eval_metrics(task: Task, metric: str | None) -> list[str]:
     """The metrics a report gives: ``metric`` (a recipe's ``eval.metric``; the task's first by
-    default) first, then the task's others."""
+    default) first, then the task's others; none for a task without metrics (``general``, whose
+    students are scored by fine-tuning them)."""
+    if metric is None and not task.metrics:
+        return []
     head = metric or task.metrics[0]
     return [head, *(m for m in task.metrics if m != head)]
 

@@ -48,7 +48,7 @@ from kd_core.schema import DataFile, ModelSpec, StudentSpec
 from kd_core.tasks import Evaluation, get_metric
 from kd_models.adaptors import HFAdaptor
 from kd_models.squad import Question, read_questions
-from kd_models.tasks import SequenceClassificationTask, from_pretrained, tokenizer_for
+from kd_models.tasks import SequenceClassificationTask, from_pretrained, one_file, tokenizer_for
 
 SPAN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -207,6 +207,7 @@ class QuestionAnsweringTask(SequenceClassificationTask):
         columns = file.text_columns
         if len(columns) != 2:
             raise ConfigError(f"{where}.text: question answering reads two fields, [QUESTION, CONTEXT]; got {columns}")
+        one_file(file, where)
         path = resolve_path(file.path, base_dir, f"{where}.path")
         questions = read_questions(path, columns[0], columns[1], file.label, file.limit, file.skip, where,
                                    file.teacher_logits)

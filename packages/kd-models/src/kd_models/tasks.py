@@ -352,8 +352,17 @@ def _class_id(value: Any, classes: int, where: str, field: str) -> int:
     return label
 
 
+def one_file(spec: DataFile, where: str) -> None:
+    """Refuse what only unlabelled corpora take (task ``general``): several ``sources``, ``select``."""
+    for field in ("sources", "select"):
+        if getattr(spec, field) is not None:
+            raise ConfigError(f"{where}.{field}: this task reads one file as it is; {field} is for the unlabelled "
+                              "text of task general")
+
+
 def _read(spec: DataFile, base_dir: Path | None, where: str) -> tuple[Path, list[dict[str, Any]]]:
     """The data file's path and its rows: the text column(s), the label and the stored logits."""
+    one_file(spec, where)
     path = resolve_path(spec.path, base_dir, f"{where}.path")
     carried = [c for c in (spec.label, spec.teacher_logits) if c is not None]
     return path, read_examples(path, [*spec.text_columns, *carried], spec.limit, spec.format, where, spec.columns,
