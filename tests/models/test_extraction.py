@@ -204,5 +204,5 @@ def test_registered_initializers_take_the_students_shape() -> None:
         lookup("initializers", "layer_copy")(teacher, shaped)
     with pytest.raises(ConfigError, match="keeps the teacher's 4 attention heads; the student has 2"):
         lookup("initializers", "etd_rand")(teacher, tiny_model("bert", layers=2, hidden=16, heads=2, ffn=32))
-    with pytest.raises(ConfigError, match="'etd_impt' needs labelled batches"):
+    with pytest.raises(ConfigError, match="'etd_impt' needs batches of the training data"):
         lookup("initializers", "etd_impt")(teacher, shaped)

@@ -15,31 +15,9 @@ from kd_analysis.predictions import predict, texts_of
 from kd_core.data import default_text_column, read_records, resolve_path
 from kd_core.errors import ConfigError
 from kd_core.inference import RunSettings
+from kd_core.options import ManyValues
 from kd_core.schema import DataFile
 from kd_core.tasks import get_metric, get_task
-
-
-class ManyValues(click.Option):
-    """An option that takes every value up to the next option: ``--models A B C``."""
-
-    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
-        super().add_to_parser(parser, ctx)
-        option = next(o for opts in (parser._long_opt, parser._short_opt) for name, o in opts.items()
-                      if name in self.opts)
-        original = option.process
-
-        def process(value: Any, state: Any) -> None:
-            values = [value]
-            while state.rargs and not state.rargs[0].startswith("-"):
-                values.append(state.rargs.pop(0))
-            original(tuple(values), state)
-
-        option.process = process
-
-    def type_cast_value(self, ctx: click.Context, value: Any) -> Any:
-        if value is None:
-            return ()
-        return tuple(str(v) for group in value for v in (group if isinstance(group, tuple) else (group,)))
 
 
 @click.command("analyze")

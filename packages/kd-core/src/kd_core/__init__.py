@@ -12,10 +12,10 @@ Public modules, which plugins and users may import (``make lint`` holds plugins 
 (reading data files), ``kd_core.distillers``, ``kd_core.errors``, ``kd_core.features`` (the
 Features dict, adaptors), ``kd_core.hookspecs``, ``kd_core.inference`` (running a model over a
 dataset), ``kd_core.labelling`` (teacher logits of a file), ``kd_core.loss_plan``,
-``kd_core.metrics``, ``kd_core.paths`` (model paths), ``kd_core.schedulers``, ``kd_core.schema``
-(a recipe's sections), ``kd_core.size``, ``kd_core.tasks`` (the Task protocol) and
-``kd_core.teacher_cache``. The others (the engine, the runs, the CLI, the plugin manager) are
-kd-core's own and may change without notice.
+``kd_core.metrics``, ``kd_core.options`` (option types for commands), ``kd_core.paths`` (model
+paths), ``kd_core.schedulers``, ``kd_core.schema`` (a recipe's sections), ``kd_core.size``,
+``kd_core.tasks`` (the Task protocol) and ``kd_core.teacher_cache``. The others (the engine, the
+runs, the CLI, the plugin manager) are kd-core's own and may change without notice.
 """
 
 from kd_core.config import DistillationConfig, IntermediateMatch, TrainingConfig

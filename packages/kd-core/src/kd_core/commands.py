@@ -1,4 +1,4 @@
-"""kd-core's subcommands: ``plugins``, ``distill``, ``train`` and ``demo``."""
+"""kd-core's subcommands: ``plugins``, ``distill``, ``train``, ``suite``, ``demo`` and ``size``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from kd_core.assembly import task_for
 from kd_core.checkpoint import write_text_atomic
 from kd_core.distributed import is_main_process
+from kd_core.options import ManyValues
 from kd_core.plugins import registry, skipped_plugins
 from kd_core.preflight import check_recipe, check_training
 from kd_core.recipe import run_distill, run_train
@@ -107,6 +108,48 @@ def train_command(recipe: Path, output_dir: Path | None, resume: bool, overrides
     click.echo(f"model saved to {output_dir / 'model'}; report at {output_dir / 'report.json'}")
 
 
+def _models(values: tuple[str, ...]) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{value!r}: write it as NAME=PATH", param_hint="--models")
+        if name in models:
+            raise click.BadParameter(f"the name {name!r} is given twice", param_hint="--models")
+        models[name] = path
+    return models
+
+
+@click.command("suite")
+@click.argument("suite", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--models", "-m", cls=ManyValues, multiple=True, required=True, metavar="NAME=PATH ...",
+              help="The models to fine-tune on every task (folders, e.g. general students), each as NAME=PATH.")
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where runs and tables go (default: runs/suite-<suite name>).")
+@click.option("--reference", default=None, help="The model the speed-ups are measured against (default: the first).")
+@click.option("--tasks", "only", default=None, help="Run only these of the suite's tasks (comma-separated).")
+def suite_command(suite: Path, models: tuple[str, ...], output_dir: Path | None, reference: str | None,
+                  only: str | None) -> None:
+    """Fine-tune every model on every task of SUITE with the same settings and seed; write a table
+    (suite.md, suite.json, suite.png) of each task's metric, the average, parameters, latency and
+    speed-up. Finished (model, task) runs are read back on a rerun; interrupted ones resume."""
+    from kd_core.suite import load_suite, markdown, run_suite
+
+    parsed, base_dir = load_suite(suite)
+    if only:
+        chosen = [t.strip() for t in only.split(",") if t.strip()]
+        unknown = [t for t in chosen if t not in parsed.tasks]
+        if unknown:
+            raise click.BadParameter(f"{', '.join(unknown)}: the suite's tasks are {', '.join(parsed.tasks)}",
+                                     param_hint="--tasks")
+        latency = parsed.latency if parsed.latency in chosen else None
+        parsed = parsed.model_copy(update={"tasks": {t: parsed.tasks[t] for t in chosen}, "latency": latency})
+    output_dir = output_dir or Path("runs") / f"suite-{suite.stem}"
+    table = run_suite(parsed, base_dir, _models(models), output_dir, reference, echo=click.echo)
+    click.echo(markdown(table))
+    click.echo(f"tables in {output_dir / 'suite.md'} and {output_dir / 'suite.json'}")
+
+
 @click.command("demo")
 @click.option("--quick", is_flag=True, help="A smaller run that finishes in under 3 minutes on 2 CPU cores.")
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
@@ -143,4 +186,4 @@ def size_command(model: str, task: str, depth: int, as_json: bool) -> None:
         click.echo(format_sizes(rows))
 
 
-BUILTIN_COMMANDS = (plugins_command, distill_command, train_command, demo_command, size_command)
+BUILTIN_COMMANDS = (plugins_command, distill_command, train_command, suite_command, demo_command, size_command)

@@ -12,7 +12,10 @@ Distillation") initialises a narrower, shallower student with a subset of the te
 
 Importance is random (``rand``), first-order Taylor ``|h * dL/dh|`` accumulated over batches of the
 task's data (``impt``; hidden importance summed over every stream), or the leading dimensions
-(``first``). Layers are then selected uniformly, from the top or bottom, or by index. Kept indices
+(``first``). The loss L is the teacher's own: its task loss on labelled batches, its masked-LM
+loss on masked ones (the paper's pre-training loss), and on unlabelled text for an encoder
+without such a head the unsupervised contrastive loss of its sentence embeddings (see
+:func:`contrastive_loss`). Layers are then selected uniformly, from the top or bottom, or by index. Kept indices
 stay in the teacher's order, so extraction at full width and depth returns the teacher itself.
 
 Streams are numbered as they appear in the teacher: 0 = the embeddings' LayerNorm, ``2l + 1`` =
@@ -102,13 +105,61 @@ def _trainable(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+CONTRASTIVE_TEMPERATURE = 0.05
+"""SimCSE's temperature for the cosine similarities of the contrastive importance loss."""
+
+
+def contrastive_loss(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    """Unsupervised SimCSE (Gao et al. 2021) on a batch of unlabelled text: each sequence's
+    mean-pooled last hidden state in two forward passes with dropout on must be closer to its other
+    view than to the other sequences' (cross-entropy over cosine similarities at
+    :data:`CONTRASTIVE_TEMPERATURE`).
+
+    It is the importance loss for an encoder with no task or masked-LM head, such as a
+    sentence-embedding model (all-MiniLM-L6-v2 was trained with this kind of contrastive loss on
+    sentence pairs): ETD scores neurons by their effect on the teacher's own pre-training loss, and
+    this is that loss without the pairs.
+    """
+    if inputs["input_ids"].shape[0] < 2:
+        raise ConfigError("the contrastive importance loss compares the sequences of a batch: give batches of at "
+                          "least 2 (training.batch_size)")
+    mask = inputs.get("attention_mask")
+    mask = torch.ones_like(inputs["input_ids"]) if mask is None else mask
+    was_training = model.training
+    model.train()  # dropout makes the two views
+    try:
+        views = []
+        for _ in range(2):
+            hidden = model(**inputs, output_hidden_states=True).hidden_states[-1]
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
+            views.append(torch.nn.functional.normalize(pooled, dim=-1))
+    finally:
+        model.train(was_training)
+    similarity = views[0] @ views[1].T / CONTRASTIVE_TEMPERATURE
+    return torch.nn.functional.cross_entropy(similarity, torch.arange(similarity.shape[0], device=similarity.device))
+
+
+def importance_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """The loss Taylor importance differentiates: the model's own (task or masked-LM) loss when the
+    batch has ``labels``, else :func:`contrastive_loss`."""
+    inputs = _forward_inputs(model, batch)
+    if batch.get("labels") is not None:
+        loss = getattr(model(**inputs), "loss", None)
+        if loss is None:
+            raise ConfigError(f"{type(model).__name__} computes no loss from the batch's labels; Taylor importance "
+                              "needs the teacher's own loss")
+        return loss
+    return contrastive_loss(model, {k: v for k, v in inputs.items() if k != "labels"})
+
+
 def taylor_importance(model: nn.Module, dataloader: Iterable[Any], num_batches: int | None = None,
                       progress: bool = True) -> Importance:
     """First-order Taylor importance of every hidden, attention and FFN dimension of ``model``.
 
-    Each batch (a dict with ``labels``) runs forward in eval mode; the model's own task loss is
+    Each batch (a dict of model inputs) runs forward in eval mode; :func:`importance_loss` is
     differentiated with respect to the activations only (no parameter ``.grad`` is written), and
-    ``|h * dL/dh|`` is summed over examples and tokens.
+    ``|h * dL/dh|`` is summed over examples and tokens (over both views of the contrastive loss).
     """
     layout = layout_of(model)
     device = next(model.parameters()).device
@@ -118,12 +169,12 @@ def taylor_importance(model: nn.Module, dataloader: Iterable[Any], num_batches: 
     with _trainable(model):
         batches = dataloader if num_batches is None else itertools.islice(dataloader, num_batches)
         for batch in tqdm(batches, total=total, desc="ETD importance", disable=not progress):
-            if not isinstance(batch, dict) or batch.get("labels") is None:
-                raise ConfigError("Taylor importance (method 'impt') needs labelled batches: dicts with 'labels' "
-                                  "so that the teacher computes its task loss")
+            if not isinstance(batch, dict) or "input_ids" not in batch:
+                raise ConfigError("Taylor importance (method 'impt') reads dict batches of model inputs (input_ids, "
+                                  f"attention_mask, and labels for the task loss); got {type(batch).__name__}")
             activations: list[tuple[tuple[str, int], torch.Tensor]] = []
             with _record_activations(model, layout, activations):
-                loss = model(**_forward_inputs(model, to_device(batch, device))).loss
+                loss = importance_loss(model, to_device(batch, device))
             grads = torch.autograd.grad(loss, [a for _, a in activations])
             for (role, activation), grad in zip(activations, grads, strict=True):
                 importance.add(role, activation, grad)
@@ -274,6 +325,20 @@ def _linear_roles(module: nn.Linear, width: int, stream: int) -> tuple[Role, Rol
     return (hidden if module.out_features == width else None, hidden if module.in_features == width else None)
 
 
+def _head_roles(teacher: nn.Module, name: str, module: nn.Module, width: int, stream: int) -> tuple[Role, Role]:
+    """(output role, input role) of a module of the head, which reads the last stream: a Linear's
+    hidden-sized sides, a LayerNorm of the hidden size (a masked-LM head's transform), or kept whole
+    when none of its weights runs over the hidden size (a masked-LM head's vocabulary bias)."""
+    if isinstance(module, nn.Linear):
+        return _linear_roles(module, width, stream)
+    if isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (width,):
+        return ("hidden", stream), None
+    if all(width not in p.shape for p in module.parameters(recurse=False)):
+        return None, None
+    raise ConfigError(f"cannot extract the head of {type(teacher).__name__}: {name} is a {type(module).__name__} "
+                      "with weights of the hidden size that extraction does not know how to slice")
+
+
 def _has_own_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False))
 
@@ -295,29 +360,27 @@ def build_extracted(teacher: nn.Module, selection: Selection, hidden_size: int, 
     last_stream = 2 * selection.layers[-1] + 2
     roles = _roles(teacher, layout, selection.layers)
     renumber = {teacher_layer: i for i, teacher_layer in enumerate(selection.layers)}
-    base_prefix = teacher.base_model_prefix
+    # a bare encoder (AutoModel) is its own base model: its names carry no prefix
+    base_prefix = "" if teacher.base_model is teacher else teacher.base_model_prefix + "."
     state: dict[str, torch.Tensor] = {}
     for name, module in teacher.named_modules():
         if not _has_own_parameters(module):
             continue
-        if name.startswith(base_prefix + "."):
-            local = name[len(base_prefix) + 1:]
+        if name.startswith(base_prefix):
+            local = name[len(base_prefix):]
             target = name
             if local.startswith(layout.layers + "."):
                 layer, _, inner = local[len(layout.layers) + 1:].partition(".")
                 if int(layer) not in renumber:
                     continue
-                target = f"{base_prefix}.{layout.layers}.{renumber[int(layer)]}.{inner}"
+                target = f"{base_prefix}{layout.layers}.{renumber[int(layer)]}.{inner}"
             if local not in roles:
                 raise ConfigError(f"cannot extract {type(teacher).__name__}: {name} is not a part of the "
                                   f"{teacher.config.model_type} layout that extraction knows how to slice")
             out_role, in_role = roles[local]
-        elif isinstance(module, nn.Linear):  # the task head
+        else:  # the task or masked-LM head
             target = name
-            out_role, in_role = _linear_roles(module, width, last_stream)
-        else:
-            raise ConfigError(f"cannot extract the task head of {type(teacher).__name__}: {name} is a "
-                              f"{type(module).__name__}, not a Linear")
+            out_role, in_role = _head_roles(teacher, name, module, width, last_stream)
         for param_name, param in module.named_parameters(recurse=False):
             state[f"{target}.{param_name}"] = _slice(param.detach(), selection.of(out_role), selection.of(in_role))
     missing, unexpected = student.load_state_dict(state, strict=False)
@@ -338,7 +401,7 @@ def extract_student(teacher: nn.Module, num_layers: int, hidden_size: int | None
     ``hidden_size`` and ``intermediate_size`` default to the teacher's (layer selection only);
     the head count is the teacher's, so ``hidden_size`` must be a multiple of it. ``method`` chooses
     the kept dimensions: ``rand`` (seeded), ``impt`` (Taylor importance over ``num_batches`` of
-    ``dataloader``, labelled batches) or ``first``. ``hidden_consistency=False`` is the paper's
+    ``dataloader``; see :func:`importance_loss`) or ``first``. ``hidden_consistency=False`` is the paper's
     ablation: every residual stream gets its own index set.
     """
     if method not in METHODS:
@@ -355,7 +418,7 @@ def extract_student(teacher: nn.Module, num_layers: int, hidden_size: int | None
     importance = None
     if method == "impt":
         if dataloader is None:
-            raise ConfigError("method 'impt' needs a dataloader of labelled batches for the Taylor importance")
+            raise ConfigError("method 'impt' needs a dataloader of batches for the Taylor importance")
         importance = taylor_importance(teacher, dataloader, num_batches, progress=progress)
     selection = plan_selection(teacher, layers, hidden_size, intermediate_size, method, importance,
                                hidden_consistency, seed)

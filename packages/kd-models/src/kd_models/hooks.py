@@ -6,6 +6,7 @@ from kd_core import hookimpl
 from kd_core.hookspecs import Register
 from kd_models import initializers, students
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
+from kd_models.general import GeneralTask
 from kd_models.question_answering import QuestionAnsweringTask
 from kd_models.squad import METRICS as SQUAD_METRICS
 from kd_models.tasks import SequenceClassificationTask, TokenClassificationTask
@@ -22,6 +23,7 @@ def kd_register_tasks(register: Register) -> None:
     register("sequence_classification", SequenceClassificationTask())
     register("token_classification", TokenClassificationTask())
     register("question_answering", QuestionAnsweringTask())
+    register("general", GeneralTask())
 
 
 @hookimpl

@@ -72,6 +72,6 @@ def etd_impt(teacher: nn.Module, student: nn.Module, data: Iterable[Any] | None 
              num_batches: int = DEFAULT_IMPORTANCE_BATCHES) -> nn.Module:
     """ETD-Impt: the teacher's most important dimensions by Taylor importance over ``data``."""
     if data is None:
-        raise ConfigError("student.init 'etd_impt' needs labelled batches to measure importance; in Python pass "
-                          "data=a DataLoader (kd distill passes the recipe's training data)")
+        raise ConfigError("student.init 'etd_impt' needs batches of the training data to measure importance; in "
+                          "Python pass data=a DataLoader (kd distill passes the recipe's training data)")
     return _extract(teacher, student, "etd_impt", "impt", data, layer_selection, hidden_consistency, 0, num_batches)

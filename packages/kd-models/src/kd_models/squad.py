@@ -76,15 +76,34 @@ def read_questions(path: Path, question: str = "question", context: str = "conte
     return questions
 
 
-def _squad_records(path: Path, where: str) -> list[dict[str, Any]] | None:
-    """The questions of an official SQuAD JSON file as flat records, or None for another file."""
+def read_contexts(path: Path, where: str = "data") -> list[str] | None:
+    """The context paragraphs of an official SQuAD JSON file, each once and in file order, or
+    None for another file (unlabelled text for task-agnostic distillation)."""
+    document = _squad_document(path)
+    if document is None:
+        return None
+    contexts = list(dict.fromkeys(paragraph["context"] for article in document["data"]
+                                  for paragraph in article.get("paragraphs", [])))
+    if not contexts:
+        raise ConfigError(f"{where}: {path.name} is a SQuAD file without paragraphs")
+    return contexts
+
+
+def _squad_document(path: Path) -> dict[str, Any] | None:
+    """An official SQuAD JSON file's document (``{"data": [...]}``), or None for another file."""
     if path.suffix != ".json":
         return None
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None  # JSON lines under a .json name
-    if not isinstance(document, dict) or "data" not in document:
+    return document if isinstance(document, dict) and "data" in document else None
+
+
+def _squad_records(path: Path, where: str) -> list[dict[str, Any]] | None:
+    """The questions of an official SQuAD JSON file as flat records, or None for another file."""
+    document = _squad_document(path)
+    if document is None:
         return None
     records = []
     for article in document["data"]:
