@@ -20,7 +20,7 @@ from kd_core import ConfigError, get_task
 from kd_core.cli import build_cli
 from kd_core.config import DistillationConfig
 from kd_core.loss_plan import LossPlan
-from kd_core.schema import DataFile, ModelSpec
+from kd_core.schema import DataFile, ModelSpec, StudentSpec
 from kd_models import corpus
 from kd_models.corpus import packed_sequences, read_corpus
 from kd_models.general import GeneralTask
@@ -383,6 +383,14 @@ def test_a_general_student_reloads_under_every_task_head(tiny_encoder: Path, tmp
             assert torch.equal(value, encoder[name]), f"{auto_class.__name__}: {name}"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["task"] == "general" and report["metric"] is None
+
+
+def test_a_general_student_takes_the_teachers_classes_under_a_task_head(tiny_encoder: Path) -> None:
+    tags = ["O", "B-person", "I-person"]
+    task = get_task("token_classification")
+    teacher = task.load_teacher(ModelSpec(model=str(tiny_encoder), labels=tags, allow_untrained_head=True))
+    student = task.build_student(StudentSpec(model=str(tiny_encoder)), teacher)
+    assert student.config.id2label == dict(enumerate(tags)) and student.classifier.out_features == 3
 
 
 class _Killed(Exception):

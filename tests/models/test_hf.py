@@ -60,11 +60,25 @@ def test_bad_labels_and_missing_columns_are_reported(tmp_path: Path, tiny_teache
     (tmp_path / "d.tsv").write_text("sentence\tlabel\ngood\tpositive\n")
     task = lookup("tasks", "sequence_classification")
     spec = DataSpec.from_dict({"train": {"path": "d.tsv", "text": "sentence", "label": "label"}})
-    with pytest.raises(ConfigError, match=r"row 1 has label 'positive'; labels must be integer class ids"):
+    with pytest.raises(ConfigError, match=r"row 1 has label 'positive'; labels must be integer class ids 0..1 or "
+                                          r"the class names of teacher.labels"):
         prepare_data(task, spec, ModelSpec(model=str(tiny_teacher_dir)), tmp_path)
     spec = DataSpec.from_dict({"train": {"path": "d.tsv", "text": "text", "label": "label"}})
     with pytest.raises(ConfigError, match=r"row 1 has no value in the column\(s\) text; its columns are sentence"):
         prepare_data(task, spec, ModelSpec(model=str(tiny_teacher_dir)), tmp_path)
+
+
+def test_class_names_become_the_ids_of_teacher_labels(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    (tmp_path / "intents.tsv").write_text("text\tintent\nbook a table\trestaurant\nwake me at 7\talarm\n"
+                                          "play jazz\tmusic\nan id works too\t1\n")
+    task = lookup("tasks", "sequence_classification")
+    spec = DataSpec.from_dict({"train": {"path": "intents.tsv", "text": "text", "label": "intent"}})
+    teacher = ModelSpec(model=str(tiny_teacher_dir), labels=["alarm", "music", "restaurant"])
+    data = prepare_data(task, spec, teacher, tmp_path)
+    assert [int(data.train[i]["labels"]) for i in range(4)] == [2, 0, 1, 1]
+    (tmp_path / "intents.tsv").write_text("text\tintent\nset a timer\ttimer\n")
+    with pytest.raises(ConfigError, match=r"row 1 has label 'timer'; labels must be integer class ids 0..2"):
+        prepare_data(task, spec, teacher, tmp_path)
 
 
 def test_package_model_paths_resolve(minilm_path: Path) -> None:

@@ -73,7 +73,6 @@ class CorpusCollator:
 
     def __init__(self, tokenizer: Any, mlm_probability: float) -> None:
         self.tokenizer = tokenizer
-        self.mlm_probability = mlm_probability
         self.masking = (DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability,
                                                         return_tensors="pt") if mlm_probability > 0 else None)
 

@@ -153,8 +153,10 @@ class SequenceClassificationTask:
 
     def build_student(self, spec: StudentSpec, teacher: nn.Module) -> nn.Module:
         if spec.model is not None:
-            return from_pretrained(self.auto_class, spec.model, "student.model",
-                                   num_labels=teacher.config.num_labels)[0]
+            # the teacher's class names too: a student saved without this head (a general student) has none
+            config = teacher.config
+            return from_pretrained(self.auto_class, spec.model, "student.model", num_labels=config.num_labels,
+                                   id2label=config.id2label, label2id=config.label2id)[0]
         overrides = dict(spec.config or {})
         if spec.preset is not None:
             try:
@@ -216,12 +218,13 @@ class SequenceClassificationTask:
         texts = [[str(row[c]) for row in rows] for c in columns]
         encoded = tokenizer(*texts, truncation=True, max_length=max_length)
         classes = _num_classes(teacher_spec) if spec.label is not None else 0
+        names = _class_names(teacher_spec) if spec.label is not None else {}
         examples = []
         for i, row in enumerate(rows):
             example = {k: v[i] for k, v in encoded.items()}
             if spec.label is not None:
-                example["labels"] = _class_id(row[spec.label], classes, f"{where}: {path.name} row {spec.skip + i + 1}",
-                                              f"{where}.label")
+                example["labels"] = _class_id(row[spec.label], classes, names,
+                                              f"{where}: {path.name} row {spec.skip + i + 1}", f"{where}.label")
             if spec.teacher_logits is not None:
                 example[TEACHER_LOGITS] = row[spec.teacher_logits]
             examples.append(example)
@@ -337,13 +340,26 @@ def _num_classes(spec: ModelSpec) -> int:
     return load_config(spec.model, "teacher.model").num_labels
 
 
-def _class_id(value: Any, classes: int, where: str, field: str) -> int:
-    """``value`` as a class id in ``0..classes-1``; anything else fails naming the row and the fix."""
+def _class_names(spec: ModelSpec) -> dict[str, int]:
+    """The class ids of the teacher ``spec``'s class names: its ``labels``, or a fine-tuned
+    teacher's ``label2id`` (none when only ``num_labels`` is given)."""
+    if spec.labels is not None:
+        return {name: i for i, name in enumerate(spec.labels)}
+    if spec.num_labels is not None:
+        return {}
+    return {str(name): int(i) for name, i in load_config(spec.model, "teacher.model").label2id.items()}
+
+
+def _class_id(value: Any, classes: int, names: dict[str, int], where: str, field: str) -> int:
+    """``value`` as a class id in ``0..classes-1``: a class name of ``names`` or an integer id;
+    anything else fails naming the row and the fix."""
+    if isinstance(value, str) and value in names:
+        return names[value]
     try:
         label = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where} has label {value!r}; labels must be integer class ids 0..{classes - 1} "
-                          f"(check that {field} names the label column)") from None
+        raise ConfigError(f"{where} has label {value!r}; labels must be integer class ids 0..{classes - 1} or the "
+                          f"class names of teacher.labels (check that {field} names the label column)") from None
     if not 0 <= label < classes:
         raise ConfigError(f"{where} has label {label}, but the teacher has {classes} classes, so labels must be "
                           f"0..{classes - 1}. Renumber the labels from 0 (1/2 become 0/1), or give the teacher as many "
