@@ -186,6 +186,67 @@ def squad(results: dict[str, Any], source: str) -> list[str]:
             "", *_table(["model", "EM", "F1", "F1 retention", "params", "ms / question", "training"], rows)]
 
 
+def general(results: dict[str, Any], source: str) -> list[str]:
+    """Task-agnostic distillation: the suite table of the general student beside the models it must
+    beat, and ETD's convergence in the general setting."""
+    table, gd, etd = results["suite_table"], results["general_distillation"], results["etd_convergence"]
+    tasks = table["tasks"]
+    shape = f"{results['student_shape']['num_hidden_layers']} x {results['student_shape']['hidden_size']}"
+    titles = {"teacher": "teacher: all-MiniLM-L6-v2 (6 x 384)",
+              "general_etd_impt": f"{shape}, ETD-Impt + general distillation (MiniLM)",
+              "etd_impt_no_gd": f"{shape}, ETD-Impt, no general distillation",
+              "random_no_gd": f"{shape}, random init, no general distillation"}
+    first = next(iter(table["models"].values()))
+    header = ["model", *(f"{t} ({'/'.join(first['tasks'][t]['metrics'])})" for t in tasks), "average",
+              "retention", "params", "speed-up"]
+    rows = []
+    for name, row in table["models"].items():
+        cells = ["/".join(f"{100 * v:.1f}" for v in row["tasks"][t]["metrics"].values()) for t in tasks]
+        per_task = "/".join(f"{row['retention'][t]:.2f}" for t in tasks)
+        rows.append([titles.get(name, name), *cells, f"{100 * row['average']:.1f}",
+                     f"{row['average_retention']:.3f} ({per_task})",
+                     f"{row['params']:,}", f"{row['speedup']:.2f}x"])
+    runs = etd["runs"]
+    curve = [[name, f"{r['first_loss']:.4f}", f"{r['final_smoothed_loss']:.4f}",
+              str(r["steps_to_rand_init_final_loss"] or "not reached"),
+              "" if r["fraction_of_rand_init_steps"] is None else f"{r['fraction_of_rand_init_steps']:.2f}"]
+             for name, r in runs.items()]
+    return [f"Measured on {results['date']} by `python -m benchmarks.general` ({source}, "
+            f"{_machine(results['machine'])}, {_minutes(results['wall_seconds'])} in all). General distillation: "
+            f"{gd['steps']:,} steps of {gd['batch_size']} sequences of at most {gd['max_length']} tokens "
+            f"({_minutes(gd['seconds'])}, "
+            f"{gd['seconds'] / gd['steps']:.2f} s a step) with examples/recipes/general_minilm.yaml's objective, from "
+            f"an ETD-Impt extraction; then `kd suite {results['suite']}` on each model (the same settings and seed "
+            f"for all; {_minutes(results['suite_seconds'])}); retention is the average's against the teacher's "
+            f"(in brackets each task's: {'/'.join(tasks)}), "
+            f"speed-up the teacher's ms per SST-2 eval batch over the model's.", "", *_table(header, rows), "",
+            f"ETD in the general setting: {etd['steps']} steps of MiniLM's objective from each initialisation on "
+            f"the same batches (losses smoothed over {etd['window']} steps); the step at which each reaches random "
+            f"init's final loss, and its fraction of random init's steps.", "",
+            *_table(["initialisation", "first loss", "final loss", "reaches Rand-Init's final loss at step",
+                     "fraction"], curve)]
+
+
+def small_tasks(results: dict[str, Any], source: str) -> list[str]:
+    """Small labelled tasks: the teacher, the demo's recipe as is and the general student distilled
+    with the same recipe, each task's metric and retention."""
+    shape = results["general_student"]["shape"]
+    rows = []
+    for name, task in results["tasks"].items():
+        demo, general = task["students"]["demo_recipe"], task["students"]["general_student"]
+        rows.append([f"{name} ({task['classes']} classes, {task['train_rows']:,} rows)", task["metric"],
+                     f"{task['teacher']['value']:.3f}", f"{demo['value']:.3f} ({demo['retention']:.3f})",
+                     f"{general['value']:.3f} ({general['retention']:.3f})", f"{general['params_ratio']:.2f}x"])
+    return [f"Measured on {results['date']} by `python -m benchmarks.small_tasks` ({source}, "
+            f"{_machine(results['machine'])}, {_minutes(results['wall_seconds'])} in all): the teacher is the packaged "
+            f"MiniLM fine-tuned on each task; both students are {shape['num_hidden_layers']} x {shape['hidden_size']} "
+            f"and train {results['steps']:,} steps with the demo's recipe ({results['student_recipe']}), one "
+            "extracted from the fine-tuned teacher as the demo does, the other the general student above. "
+            "Each cell is the metric on held-out rows and, in brackets, its retention against the teacher.", "",
+            *_table(["task", "metric", "teacher", "demo recipe as is", "general student, same recipe",
+                     "x fewer params"], rows)]
+
+
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "demo": ("demo-cpu-x86_64-2cores.json", demo),
     "demo_recipe": ("demo-recipe-selection.json", demo_recipe),
@@ -195,6 +256,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "teacher_cache_topk": ("teacher-cache-topk.json", teacher_cache_topk),
     "multi_teacher": ("multi-teacher-sst2.json", multi_teacher),
     "squad": ("squad-cpu-x86_64-2cores.json", squad),
+    "general": ("general-cpu-x86_64-2threads.json", general),
+    "small_tasks": ("small-tasks-cpu-x86_64-2cores.json", small_tasks),
 }
 """Each README block: the results file it is rendered from, and how."""
 
