@@ -21,7 +21,6 @@ Dev metric: SST-2's dev set and CoLA's in-domain dev set. Run from the repositor
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results_file import results_path, write_results
 from kd_core.paths import resolve_model_path
 from kd_core.recipe import run_distill, run_train
 from kd_core.schema import Recipe
@@ -36,7 +36,6 @@ from kd_core.schema import Recipe
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
 DEMO_SST2 = ROOT / "packages" / "kd-core" / "src" / "kd_core" / "demo_data" / "sst2"
-RESULTS = ROOT / "benchmarks" / "results"
 COLA_COLUMNS = ["source", "label", "mark", "sentence"]
 DATASETS = {
     "sst2": {"metric": "accuracy",
@@ -132,9 +131,8 @@ def main() -> None:
                                   "loss": "mse between logits (temperature 1), no gold labels"},
         "results": results,
     }
-    output = args.output or RESULTS / f"augmentation-cpu-{platform.machine()}-{torch.get_num_threads()}threads.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    output = args.output or results_path("augmentation", "threads")
+    write_results(result, output)
     print(f"written to {output}")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results_file import results_path, write_results
 from kd_analysis.curves import moving_average
 from kd_core.paths import resolve_model_path
 from kd_core.recipe import run_distill, run_train
@@ -32,7 +33,6 @@ from kd_core.schema import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT / "packages" / "kd-core" / "src" / "kd_core" / "demo_data" / "sst2"
-RESULTS = ROOT / "benchmarks" / "results"
 STUDENT = {"num_hidden_layers": 3, "hidden_size": 192, "intermediate_size": 768, "num_attention_heads": 12}
 LAST_LAYER = [
     {"layer_T": -1, "layer_S": -1, "feature": ["q", "k"], "loss": "attention_kl", "weight": 1},
@@ -122,9 +122,8 @@ def main() -> None:
         "summary": summary,
         "curves_every_10_steps": {name: [round(v, 4) for v in curve[9::10]] for name, curve in curves.items()},
     }
-    output = args.output or RESULTS / f"etd-convergence-cpu-{platform.machine()}-{torch.get_num_threads()}threads.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    output = args.output or results_path("etd-convergence", "threads")
+    write_results(result, output)
     for name, row in summary.items():
         print(f"{name:>10}: final {row['final_smoothed_loss']:.4f}, reaches Rand-Init's final loss at step "
               f"{row['steps_to_rand_init_final_loss']} ({row['fraction_of_rand_init_steps']})")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import torch
 import yaml
 
+from benchmarks.results_file import results_path, write_results
 from kd_analysis.curves import moving_average
 from kd_core.machine import describe_machine
 from kd_core.recipe import run_distill
@@ -48,7 +48,6 @@ from kd_models.students import transformer_student
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "recipes" / "general_minilm.yaml"
 SUITE = ROOT / "examples" / "suites" / "downstream.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
 SHAPE = {"num_hidden_layers": 3, "hidden_size": 144, "intermediate_size": 576}
 IMPORTANCE_BATCHES = 16
 PROBE_STEPS = 25
@@ -161,8 +160,8 @@ def main() -> None:
                             "curves_every_10_steps": {n: [round(v, 4) for v in c[9::10]] for n, c in smoothed.items()}},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    results = args.results or RESULTS / f"general-cpu-{platform.machine()}-{torch.get_num_threads()}threads.json"
-    results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    results = args.results or results_path("general", "threads")
+    write_results(report, results)
     print(json.dumps({k: v for k, v in report.items() if k != "etd_convergence"}, indent=2))
     print(f"written to {results}")
 

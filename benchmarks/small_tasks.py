@@ -31,8 +31,6 @@ import argparse
 import csv
 import datetime
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from typing import Any
 import torch
 import yaml
 
+from benchmarks.results_file import results_path, write_results
 from kd_core.demo import SETTINGS, STUDENTS, TEACHER
 from kd_core.machine import describe_machine
 from kd_core.recipe import REPORT_FILE, finetune_teachers, run_distill
@@ -145,9 +144,7 @@ def main() -> None:
                             ("num_hidden_layers", "hidden_size", "intermediate_size")}},
         "tasks": tasks, "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    name = f"small-tasks-cpu-{platform.machine()}-{os.cpu_count()}cores.json"
-    results = args.results or ROOT / "benchmarks" / "results" / name
-    results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_results(report, args.results or results_path("small-tasks", "cores"))
     print(json.dumps(report, indent=2))
 
 

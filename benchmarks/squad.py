@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.results_file import results_path, write_results
 from kd_core import get_task
 from kd_core.machine import describe_machine
 from kd_core.recipe import REPORT_FILE, STAGE_DONE, finetune_teachers, run_distill
@@ -114,9 +113,7 @@ def main() -> None:
         "teacher_reused": reused,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    name = f"squad-cpu-{platform.machine()}-{os.cpu_count()}cores.json"
-    results = args.results or ROOT / "benchmarks" / "results" / name
-    results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_results(report, args.results or results_path("squad", "cores"))
     print(json.dumps(report, indent=2))
 
 

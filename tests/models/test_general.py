@@ -51,24 +51,24 @@ def _tiny_config(**overrides) -> BertConfig:
     return BertConfig(**{**settings, **overrides})
 
 
+def _saved_tiny(model_class: type, seed: int, directory: Path, minilm_path: Path) -> Path:
+    """A tiny random ``model_class`` saved in ``directory`` with MiniLM's tokenizer."""
+    torch.manual_seed(seed)
+    model_class(_tiny_config()).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
     """A tiny random base encoder (no head), like a sentence-embedding teacher."""
-    torch.manual_seed(5)
-    directory = tmp_path_factory.mktemp("tiny-encoder")
-    BertModel(_tiny_config()).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
-    return directory
+    return _saved_tiny(BertModel, 5, tmp_path_factory.mktemp("tiny-encoder"), minilm_path)
 
 
 @pytest.fixture(scope="module")
 def tiny_masked_lm(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
     """A tiny random BERT with its masked-LM head."""
-    torch.manual_seed(6)
-    directory = tmp_path_factory.mktemp("tiny-mlm")
-    BertForMaskedLM(_tiny_config()).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
-    return directory
+    return _saved_tiny(BertForMaskedLM, 6, tmp_path_factory.mktemp("tiny-mlm"), minilm_path)
 
 
 def _text_file(tmp_path: Path, lines: list[str], name: str = "corpus.txt") -> Path:

@@ -106,11 +106,11 @@ class GeneralTask(SequenceClassificationTask):
         if spec.labels is not None or spec.num_labels is not None:
             raise ConfigError("teacher.num_labels/labels: task general distils an encoder on unlabelled text, "
                               "without classes; leave them out")
-        if self.mlm_probability and not has_mlm_head(spec.model):
+        masked_lm = has_mlm_head(spec.model)
+        if self.mlm_probability and not masked_lm:
             raise ConfigError(f"task_options.mlm_probability {self.mlm_probability}: teacher {spec.model!r} has no "
                               "masked-LM head to predict the masked tokens; set it to 0 (or leave it out)")
-        auto_class = AutoModelForMaskedLM if has_mlm_head(spec.model) else AutoModel
-        return from_pretrained(auto_class, spec.model, "teacher.model")[0]
+        return from_pretrained(AutoModelForMaskedLM if masked_lm else AutoModel, spec.model, "teacher.model")[0]
 
     def build_student(self, spec: StudentSpec, teacher: nn.Module) -> nn.Module:
         if spec.preset in ("bilstm", "bigru"):

@@ -282,8 +282,7 @@ class TokenClassificationTask(SequenceClassificationTask):
         words = [row[columns[0]] if isinstance(row[columns[0]], list) else str(row[columns[0]]).split()
                  for row in rows]
         encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
-        label2id = ({name: i for i, name in enumerate(teacher_spec.labels)} if teacher_spec.labels is not None
-                    else dict(load_config(teacher_spec.model, "teacher.model").label2id))
+        label2id = _class_names(teacher_spec)
         examples, cut = [], 0
         for i, row in enumerate(rows):
             example = {k: v[i] for k, v in encoded.items()}
@@ -341,12 +340,10 @@ def _num_classes(spec: ModelSpec) -> int:
 
 
 def _class_names(spec: ModelSpec) -> dict[str, int]:
-    """The class ids of the teacher ``spec``'s class names: its ``labels``, or a fine-tuned
-    teacher's ``label2id`` (none when only ``num_labels`` is given)."""
+    """The class id of each of the teacher ``spec``'s class names (tags, for token tasks): its
+    ``labels``, else its config's ``label2id`` (a fine-tuned teacher keeps its names there)."""
     if spec.labels is not None:
         return {name: i for i, name in enumerate(spec.labels)}
-    if spec.num_labels is not None:
-        return {}
     return {str(name): int(i) for name, i in load_config(spec.model, "teacher.model").label2id.items()}
 
 
