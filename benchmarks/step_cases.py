@@ -27,7 +27,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from torch.utils.data import DataLoader
 
 from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig, lookup
-from kd_core.schema import ModelSpec, StudentSpec
+from kd_core.schema import DataFile, ModelSpec, StudentSpec
 
 BATCH_SIZE = 32
 LENGTH = 64
@@ -53,6 +53,8 @@ MINILM_RECIPE = {
     ],
 }
 BILSTM_RECIPE = {"temperature": 4, "kd_loss_type": "kl", "hard_label_weight": 0.5}
+DISTILBERT_LENGTH = 128
+"""Tokens per packed sequence of the DistilBERT step (task general's corpus sequences)."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,24 @@ class StepCase:
     init: str | None = None
 
 
+def _distilbert_recipe() -> dict[str, Any]:
+    """examples/recipes/general_distilbert.yaml's distillation section: kl at T=2 over the
+    vocabulary at the masked tokens, the masked-LM loss and the cosine of the last hidden states."""
+    import yaml
+
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "recipes" / "general_distilbert.yaml"
+    return yaml.safe_load(recipe.read_text(encoding="utf-8"))["distillation"]
+
+
 CASES = {
     "textbrewer_style": StepCase({"config": STUDENT_3x192}, TEXTBREWER_RECIPE),
     "minilm": StepCase({"config": STUDENT_3x192}, MINILM_RECIPE),
     "etd": StepCase({"config": STUDENT_3x192}, MINILM_RECIPE, init="etd_impt"),
     "bilstm": StepCase({"preset": "bilstm", "config": {"hidden_size": 300}}, BILSTM_RECIPE),
+    # DistilBERT: every other layer of the masked LM at full width, on masked corpus sequences
+    "distilbert": StepCase({"config": {"num_hidden_layers": 3, "hidden_dropout_prob": 0.0,
+                                       "attention_probs_dropout_prob": 0.0}}, _distilbert_recipe(),
+                           init="layer_copy"),
 }
 
 
@@ -106,12 +121,40 @@ def load_setup(minilm_path: Path, sst2_dir: Path, steps: int) -> Setup:
     return Setup(task, teacher, data)
 
 
+def load_masked_lm_setup(minilm_path: Path, steps: int) -> Setup:
+    """The DistilBERT step's setup: a masked LM of MiniLM's shape (the packaged encoder under a
+    new masked-LM head, its decoder tied to the word embeddings: V = 30,522) as task general loads
+    it, and ``steps`` batches of WikiText-2 packed into sequences of 128 tokens, 15% of their
+    tokens masked as BERT does (seeded)."""
+    import tempfile
+
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from kd_models.general import GeneralTask
+
+    root = Path(__file__).resolve().parents[1]
+    task = GeneralTask(mlm_probability=0.15)
+    with tempfile.TemporaryDirectory() as folder:
+        BertForMaskedLM.from_pretrained(minilm_path).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+        spec = ModelSpec(model=folder)
+        teacher = task.load_teacher(spec).eval()
+        corpus = task.read(DataFile(path=str(root / "examples" / "data" / "wikitext2" / "valid.txt")), spec,
+                           DISTILBERT_LENGTH, None, "data.train")
+        collate = task.collator(spec)
+        torch.manual_seed(0)
+        batches = [collate([corpus[i] for i in range(b * BATCH_SIZE, (b + 1) * BATCH_SIZE)]) for b in range(steps)]
+    data = [{k: v[i] for k, v in batch.items()} for batch in batches for i in range(BATCH_SIZE)]
+    return Setup(task, teacher, data)
+
+
 def build_student(setup: Setup, case: StepCase, seed: int = 0) -> nn.Module:
     """The case's student, the same weights on every call with the same seed."""
     torch.manual_seed(seed)
     student = setup.task.build_student(StudentSpec(**case.student), setup.teacher)
     if case.init is not None:
-        student = lookup("initializers", case.init)(setup.teacher, student, data=setup.loader(), num_batches=4)
+        options = {"num_batches": 4} if case.init == "etd_impt" else {}
+        student = lookup("initializers", case.init)(setup.teacher, student, data=setup.loader(), **options)
     return student
 
 

@@ -2,8 +2,10 @@
 (benchmarks/step_cases.py has the models, batches and recipes).
 
 Per recipe (TextBrewer-style, MiniLM last-layer relations, an ETD-initialised student, a BiLSTM
-student), kd's GeneralDistiller with the fused kernels (``kd``), with every loss in eager
-PyTorch (``kd_reference``: ``KD_KERNELS=reference``) and with the student under torch.compile
+student, DistilBERT's objective on a masked LM of MiniLM's shape: kl over the 30,522-word
+vocabulary at the masked tokens, the workload the fused softmax_kl was built for), kd's
+GeneralDistiller with the fused kernels (``kd``), with every loss in eager PyTorch
+(``kd_reference``: ``KD_KERNELS=reference``) and with the student under torch.compile
 (``kd_compiled``); for the TextBrewer-style recipe also the ``textbrewer`` package's
 GeneralDistiller on the same models, batches and losses, and where each framework's time goes.
 ``test_teacher_cache_epochs`` times the epochs of a cached run. Run with ``make bench``.
@@ -20,10 +22,12 @@ import torch
 
 from benchmarks.step_cases import (
     CASES,
+    DISTILBERT_LENGTH,
     Sections,
     build_student,
     eager_copy,
     kernels_backend,
+    load_masked_lm_setup,
     load_setup,
     run_kd,
     run_textbrewer,
@@ -37,22 +41,38 @@ IMPLS = {
     "minilm": ["kd", "kd_reference", "kd_compiled"],
     "etd": ["kd"],
     "bilstm": ["kd", "kd_compiled"],
+    "distilbert": ["kd", "kd_reference", "kd_compiled"],
 }
+WORKLOADS = {"distilbert": f"masked LM 6x384 teacher (V = 30,522), batches of 32 x {DISTILBERT_LENGTH} tokens"}
+"""What a case's teacher and batches are, where they are not the SST-2 classification setup's."""
 
 
 @pytest.fixture(scope="module")
-def setup(minilm_path: Path, sst2_dir: Path):
+def classification_setup(minilm_path: Path, sst2_dir: Path):
     return load_setup(minilm_path, sst2_dir, STEPS)
 
 
 @pytest.fixture(scope="module")
-def eager_teacher(setup):
-    return eager_copy(setup.teacher)
+def masked_lm_setup(minilm_path: Path):
+    return load_masked_lm_setup(minilm_path, STEPS)
+
+
+@pytest.fixture
+def setup(request, classification_setup):
+    """The setup of the case a test runs (the masked-LM one only for DistilBERT's step)."""
+    case = request.node.callspec.params.get("case") if hasattr(request.node, "callspec") else None
+    return request.getfixturevalue("masked_lm_setup") if case == "distilbert" else classification_setup
+
+
+@pytest.fixture(scope="module")
+def eager_teacher(classification_setup):
+    return eager_copy(classification_setup.teacher)
 
 
 @pytest.mark.parametrize(("case", "impl"), [(c, i) for c, impls in IMPLS.items() for i in impls])
 def test_distillation_steps(benchmark, setup, eager_teacher, case: str, impl: str) -> None:
-    benchmark.group = f"step {case}: MiniLM 6x384 teacher, batches of 32 x 64 tokens, {STEPS} steps a round"
+    workload = WORKLOADS.get(case, "MiniLM 6x384 teacher, batches of 32 x 64 tokens")
+    benchmark.group = f"step {case}: {workload}, {STEPS} steps a round"
     recipe = CASES[case]
     student = build_student(setup, recipe)
     teacher = setup.teacher

@@ -18,11 +18,24 @@ from torch.utils.data import DataLoader
 from kd_core.config import TrainingConfig
 from kd_core.distillers import BasicTrainer, GeneralDistiller, MultiTaskDistiller, MultiTeacherDistiller
 from kd_core.distributed import launched_world_size
+from kd_core.engine import TrainResult
 from kd_core.errors import ConfigError
+from kd_core.features import Adaptor
+from kd_core.inference import RunSettings
 from kd_core.plugins import lookup
 from kd_core.sampling import LengthGroupedBatchSampler, example_length
-from kd_core.schema import InitSpec, ModelSpec, Recipe, StudentSpec, TaskSpec, TrainingSpec, teacher_name
-from kd_core.tasks import PreparedData, Task, get_task
+from kd_core.schema import (
+    InitSpec,
+    ModelSpec,
+    Recipe,
+    StudentSpec,
+    TaskSpec,
+    TrainingSpec,
+    default_learning_rate,
+    teacher_name,
+)
+from kd_core.tasks import PreparedData, Task, eval_metrics, get_metric, get_task
+from kd_core.validation import Validation
 
 NUM_BATCHES = "num_batches"
 """The initializer option that says how many batches of ``data.train`` it reads (``etd_impt``'s);
@@ -174,28 +187,57 @@ def make_multitask_distiller(task: Task, recipe: Recipe, teachers: dict[str, nn.
                               {name: task.adaptor(t) for name, t in teachers.items()}, heads)
 
 
+def learning_rate(training: TrainingSpec, model: nn.Module) -> float:
+    """The recipe's learning rate, or the default for ``model``'s size when it gives none."""
+    return training.learning_rate or default_learning_rate(sum(p.numel() for p in model.parameters()))
+
+
+def validation_for(task: Task, recipe: Recipe, model: nn.Module, adaptor: Adaptor,
+                   data: PreparedData) -> Validation | None:
+    """The evaluation during training of ``model`` that the recipe asks for: its eval metric on
+    ``data.validation`` every ``training.eval_steps`` steps (or every epoch); None without a
+    validation set."""
+    if data.validation is None:
+        return None
+    names = eval_metrics(task, recipe.eval.metric)
+    if not names:
+        raise ConfigError(f"data.validation: task {recipe.task} has no metric to score a validation set with; "
+                          "leave validation out")
+    metric = get_metric(names[0], task, recipe.task)
+    t = recipe.training
+    settings = RunSettings(batch_size=t.eval_batch_size or recipe.eval.batch_size, device=t.device)
+
+    def evaluate(trained: nn.Module) -> dict[str, float]:
+        return task.evaluate(trained, adaptor, data.validation, data.collate, names, settings).values
+
+    return Validation(evaluate, names[0], metric.greater_is_better, eval_steps=t.eval_steps, patience=t.patience,
+                      min_delta=t.min_delta, keep_best=t.keep_best is not False)
+
+
 def optimize(engine: BasicTrainer | GeneralDistiller | MultiTaskDistiller, model: nn.Module,
-             training: TrainingSpec, train_data: Any, batches_per_epoch: int, resume: bool) -> None:
+             training: TrainingSpec, train_data: Any, batches_per_epoch: int, resume: bool,
+             validation: Validation | None = None) -> TrainResult:
     """AdamW with linear warm-up and decay over the recipe's steps (or epochs of
     ``batches_per_epoch`` batches), then ``engine.train`` on ``train_data``."""
     t = training
     total = t.num_steps or t.num_epochs * math.ceil(batches_per_epoch / t.gradient_accumulation_steps)
     # the fused kernel updates every parameter in one pass: about 3x faster than foreach on CPU
     fused = torch.device(t.device).type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
-    engine.train(
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate(t, model), weight_decay=t.weight_decay,
+                                  fused=fused)
+    return engine.train(
         optimizer, train_data, num_epochs=t.num_epochs, num_steps=t.num_steps,
         scheduler_class=linear_schedule_with_warmup,
         scheduler_args={"num_warmup_steps": int(t.warmup_ratio * total), "num_training_steps": total},
-        max_grad_norm=t.max_grad_norm, resume=resume,
+        max_grad_norm=t.max_grad_norm, resume=resume, validation=validation,
     )
 
 
 def fit(engine: BasicTrainer | GeneralDistiller, model: nn.Module, training: TrainingSpec,
-        data: PreparedData, resume: bool) -> None:
+        data: PreparedData, resume: bool, validation: Validation | None = None) -> TrainResult:
     """:func:`optimize` over the seeded training loader of ``data``."""
     loader = train_loader(data, training)
-    optimize(engine, model, training, loader, len(loader), resume)
+    return optimize(engine, model, training, loader, len(loader), resume, validation)
 
 
 def linear_schedule_with_warmup(optimizer: torch.optim.Optimizer, num_warmup_steps: int,

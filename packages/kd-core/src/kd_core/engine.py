@@ -42,6 +42,7 @@ from kd_core.checkpoint import (
 from kd_core.config import TrainingConfig
 from kd_core.errors import ConfigError, KDError, NonFiniteLossError
 from kd_core.features import Adaptor, as_adaptor, to_device, trim_padding
+from kd_core.validation import Validation
 
 Callback = Callable[..., Any]
 
@@ -57,6 +58,9 @@ class TrainResult:
     loss: float | None
     last_checkpoint: Path | None
     output_dir: Path
+    validation: dict[str, Any] | None = None
+    """With ``validation=``: its :meth:`~kd_core.validation.Validation.summary` (the best step and
+    value, whether training stopped early, whether the best or the last weights were kept)."""
 
 
 @dataclass
@@ -129,6 +133,7 @@ class Engine:
         callback: Callback | None = None,
         batch_postprocessor: Callable[[Any], Any] | None = None,
         resume: bool | str | Path = False,
+        validation: Validation | None = None,
         **kwargs: Any,
     ) -> TrainResult:
         """Train for ``num_epochs`` epochs or ``num_steps`` optimizer steps.
@@ -136,7 +141,9 @@ class Engine:
         ``scheduler_class(optimizer, **scheduler_args)`` is built after the projections' parameter
         groups join the optimizer (prefer it to ``scheduler``). ``callback(model=..., step=...)``
         runs after every checkpoint. ``resume=True`` continues from the newest checkpoint under
-        ``output_dir/checkpoints`` (a path picks one).
+        ``output_dir/checkpoints`` (a path picks one). ``validation`` scores the student during
+        training (:class:`~kd_core.validation.Validation`: its metrics go to metrics.jsonl and the
+        progress bar; the best weights are kept, and training stops early after its patience).
         """
         if kwargs:
             raise TypeError(f"train() got unexpected arguments: {', '.join(sorted(kwargs))}")
@@ -171,6 +178,9 @@ class Engine:
             resume_state = self._resume(resume, optimizer, scheduler, scaler, total_steps, accum, epoch_len)
             position = _Position(resume_state["global_step"], resume_state["epoch"],
                                  resume_state["batch_in_epoch"])
+            if validation is not None:
+                _restore_validation(validation, resume_state, self.output_dir, position.global_step,
+                                    self.dist.is_main)
         else:
             self._clear_earlier_checkpoints()
             if t.seed is not None:
@@ -192,8 +202,9 @@ class Engine:
         skipped = resume_state.get("skipped_nonfinite", 0) if resume_state else 0
         optimizer.zero_grad(set_to_none=True)
 
+        stopped = validation is not None and validation.should_stop  # a resumed run that had stopped early
         try:
-            while position.global_step < total_steps:
+            while position.global_step < total_steps and not stopped:
                 iterator, epoch_rng = self._epoch_iterator(dataloader, position, resume_state)
                 resume_state = None
                 for batch in iterator:
@@ -230,26 +241,34 @@ class Engine:
                         position.epoch += 1
                         position.batch_in_epoch = 0
                     last_loss = sums.get("loss", last_loss)
+                    evaluated = validation is not None and validation.due(position.global_step, total_steps,
+                                                                          end_of_epoch)
+                    if evaluated:
+                        self._validate(validation, position.global_step)
+                        stopped = validation.should_stop
                     metrics.write({
                         "step": position.global_step,
                         "epoch": position.epoch + (position.batch_in_epoch / epoch_len if epoch_len else 0),
                         **sums,
                         **({"skipped_nonfinite": skipped} if t.skip_nonfinite else {}),
                         "lr": optimizer.param_groups[0]["lr"],
+                        **(validation.metrics_record() if evaluated else {}),
                         "elapsed_s": round(time.perf_counter() - started, 3),
                     })
                     bar.update(1)
-                    bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+                    bar.set_postfix(loss=f"{last_loss:.4f}", **(_bar_fields(validation) if validation else {}),
+                                    refresh=False)
                     sums, pending = {}, 0
-                    if self.dist.is_main and self._checkpoint_due(position.global_step, total_steps, step_in_epoch,
-                                                                  steps_per_epoch, epoch_done, end_of_epoch):
+                    if self.dist.is_main and (stopped or self._checkpoint_due(
+                            position.global_step, total_steps, step_in_epoch, steps_per_epoch, epoch_done,
+                            end_of_epoch)):
                         last_checkpoint = self._save(position, optimizer, scheduler, scaler, epoch_rng,
                                                      _loader_rng_state(dataloader), total_steps, accum, epoch_len,
-                                                     skipped)
+                                                     skipped, validation)
                         if callback is not None:
                             callback(model=self.model_S, step=position.global_step)
                             self.model_S.train()
-                    if position.global_step >= total_steps or end_of_epoch:
+                    if position.global_step >= total_steps or end_of_epoch or stopped:
                         break
                 else:
                     if epoch_len is None:  # an iterable without length ran out: a new epoch
@@ -260,9 +279,30 @@ class Engine:
         finally:
             bar.close()
             metrics.close()
-        return TrainResult(position.global_step, last_loss, last_checkpoint, self.output_dir)
+        if validation is None:
+            return TrainResult(position.global_step, last_loss, last_checkpoint, self.output_dir)
+        self._finish_validation(validation, position.global_step)
+        return TrainResult(position.global_step, last_loss, last_checkpoint, self.output_dir, validation.summary())
 
     # -- pieces of the loop --------------------------------------------------------------------
+
+    def _validate(self, validation: Validation, step: int) -> None:
+        """Evaluate the student after ``step``; write its weights when they are the best so far.
+        (Every process evaluates, so all agree on stopping; the main one writes.)"""
+        if validation.run(self.model_S, step) and validation.keep_best and self.dist.is_main:
+            validation.save_best(self.output_dir, self.model_S)
+
+    def _finish_validation(self, validation: Validation, step: int) -> None:
+        """Put the best weights back (``keep_best``), or warn that the metric was still rising."""
+        if validation.keep_best and validation.best_step is not None and validation.best_step != step:
+            self.dist.barrier()
+            validation.restore_best(self.output_dir, self.model_S)
+        if validation.still_improving and not validation.should_stop:
+            last = validation.history[-1]
+            warnings.warn(f"training ended at step {step} while validation {validation.metric} was still improving "
+                          f"({validation.history[-2][validation.metric]:.4g} -> {last[validation.metric]:.4g} at "
+                          "the last evaluation): the model may not have finished learning; train longer "
+                          "(more epochs, with patience to stop when it stops improving)", stacklevel=3)
 
     def _epoch_iterator(self, dataloader: Any, position: _Position,
                         resume_state: dict[str, Any] | None) -> tuple[Iterator[Any], dict[str, Any]]:
@@ -314,7 +354,7 @@ class Engine:
 
     def _save(self, position: _Position, optimizer: torch.optim.Optimizer, scheduler: Any,
               scaler: Any, epoch_rng: dict[str, Any], loader_rng: dict[str, Any], total_steps: int, accum: int,
-              epoch_len: int | None, skipped_nonfinite: int = 0) -> Path:
+              epoch_len: int | None, skipped_nonfinite: int = 0, validation: Validation | None = None) -> Path:
         state = {
             "skipped_nonfinite": skipped_nonfinite,
             "global_step": position.global_step,
@@ -330,12 +370,15 @@ class Engine:
             "rng": rng_state(),
             "epoch_rng": epoch_rng,
             "loader_rng": loader_rng,
+            **({"validation": validation.state_dict()} if validation is not None else {}),
         }
         root = self.output_dir / CHECKPOINTS_DIR
         path = save_checkpoint(root, position.global_step, self.model_S.state_dict(), state)
         if self.t_config.keep_checkpoints is not None:
             for old in list_checkpoints(root)[: -self.t_config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
+        if validation is not None:
+            validation.prune(self.output_dir, list_checkpoints(root))
         return path
 
     def _clear_earlier_checkpoints(self) -> None:
@@ -389,6 +432,26 @@ class Engine:
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         return state
+
+
+def _restore_validation(validation: Validation, state: dict[str, Any], output_dir: Path, step: int,
+                        is_main: bool) -> None:
+    if "validation" not in state:
+        raise KDError("--resume: the checkpoint was written by a run without a validation set; resume without "
+                      "one, or start afresh")
+    validation.load_state_dict(state["validation"])
+    if is_main:
+        validation.forget_after(output_dir, step)
+
+
+def _bar_fields(validation: Validation) -> dict[str, str]:
+    """The progress bar's view of validation: the last value and the best (with its step)."""
+    if not validation.history:
+        return {}
+    fields = {"val": f"{validation.history[-1][validation.metric]:.4f}"}
+    if validation.best_value is not None:
+        fields["best"] = f"{validation.best_value:.4f}@{validation.best_step}"
+    return fields
 
 
 def _checked_total(terms: dict[str, torch.Tensor], step: int) -> torch.Tensor:

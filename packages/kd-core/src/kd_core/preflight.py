@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from kd_core.assembly import (
     check_trainable,
     initializer_for,
+    learning_rate,
     load_teachers,
     make_distiller,
     make_multitask_distiller,
@@ -34,7 +35,7 @@ from kd_core.errors import ConfigError
 from kd_core.features import FeatureNeeds, Features, to_device, trim_padding
 from kd_core.loss_plan import LossPlan, hard_label_loss
 from kd_core.plugins import lookup
-from kd_core.schema import Recipe
+from kd_core.schema import Recipe, TrainingSpec
 from kd_core.tasks import PreparedData, Task, eval_metrics, get_metric, prepare_data
 
 
@@ -85,6 +86,7 @@ def check_recipe(recipe: Recipe, base_dir: Path | None = None) -> Check:
                                                                                            d.loss_plan.needs_S),
                                      _first_batch(data, recipe))
             current = {title: student}
+        check.lines.append(_training_line(recipe.training, student, data))
     check.lines.append(f"check passed in {time.perf_counter() - started:.1f} s")
     return check
 
@@ -105,10 +107,8 @@ def check_training(recipe: Recipe, base_dir: Path | None = None) -> Check:
     with torch.no_grad():
         features = adaptor.run(model, batch, FeatureNeeds({"logits": set()}))
         loss = hard_label_loss(features)
-    t = recipe.training
-    budget = f"{t.num_epochs} epoch(s)" if t.num_epochs else f"{t.num_steps} steps"
     lines = [_data_line(recipe, data), _teacher_line(recipe.primary_teacher, model),
-             f"  training: {budget} at learning rate {t.learning_rate:g}, batch size {t.batch_size}",
+             _training_line(recipe.training, model, data),
              f"  one batch: logits {_shape(features['logits'])}, loss {float(loss):.4g}",
              f"check passed in {time.perf_counter() - started:.1f} s"]
     return Check({"teacher": model}, data, lines)
@@ -237,7 +237,23 @@ def _params(model: nn.Module) -> int:
 def _data_line(recipe: Recipe, data: PreparedData) -> str:
     evaluation = f", {len(data.eval)} eval rows" if data.eval is not None else ", no eval set"
     extra = "".join(f", {len(d)} {name} rows" for name, d in data.extra_eval.items())
-    return f"{recipe.task}: {len(data.train)} training rows{evaluation}{extra}"
+    validation = ""
+    if data.validation is not None:
+        held = " (held out of data.train)" if recipe.data.validation_split is not None else ""
+        validation = f", {len(data.validation)} validation rows{held}"
+    return f"{recipe.task}: {len(data.train)} training rows{validation}{evaluation}{extra}"
+
+
+def _training_line(t: TrainingSpec, model: nn.Module, data: PreparedData) -> str:
+    """The budget, the learning rate (and where it came from) and the evaluation during training."""
+    budget = f"{t.num_epochs} epoch(s)" if t.num_epochs else f"{t.num_steps} steps"
+    rate = f"{learning_rate(t, model):g}" + ("" if t.learning_rate else " (the default for its size)")
+    line = f"  training: {budget} at learning rate {rate}, batch size {t.batch_size}"
+    if data.validation is not None:
+        every = f"every {t.eval_steps} steps" if t.eval_steps else "every epoch"
+        stop = f", stops after {t.patience} without improvement" if t.patience else ""
+        line += f"; validation scored {every}, {'the best' if t.keep_best is not False else 'the last'} kept{stop}"
+    return line
 
 
 def _teacher_line(spec: Any, teacher: nn.Module) -> str:

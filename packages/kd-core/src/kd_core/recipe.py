@@ -28,13 +28,14 @@ from kd_core.assembly import (
     teacher_recipe,
     train_loader,
     training_config,
+    validation_for,
 )
 from kd_core.augmentation import augment_file
 from kd_core.checkpoint import list_checkpoints, write_text_atomic
 from kd_core.data import read_records, resolve_path
 from kd_core.distillers import BasicTrainer
 from kd_core.distributed import is_main_process, launched_world_size
-from kd_core.engine import CHECKPOINTS_DIR, seed_everything
+from kd_core.engine import CHECKPOINTS_DIR, TrainResult, seed_everything
 from kd_core.errors import ConfigError
 from kd_core.features import TEACHER_LOGITS
 from kd_core.labelling import label_file
@@ -58,8 +59,9 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
     its ``finetune`` section when it has one (so that ``kd train`` and the first stage of
     ``kd distill`` train the same model).
 
-    Writes ``output_dir/model`` (the trained model), ``metrics.jsonl``, checkpoints and
-    ``report.json`` with the eval metric; returns the report.
+    Writes ``output_dir/model`` (the trained model: the best on the validation set when there is
+    one), ``metrics.jsonl``, checkpoints and ``report.json`` with the eval metric (and the
+    validation's best step); returns the report.
     """
     output_dir = Path(output_dir)
     task = task_for(recipe)
@@ -70,12 +72,12 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
     data = prepare_data(task, recipe.data, recipe.primary_teacher, base_dir)
     adaptor = task.adaptor(model)
     trainer = BasicTrainer(training_config(recipe.training, output_dir), model, adaptor)
-    fit(trainer, model, recipe.training, data, resume)
+    result = fit(trainer, model, recipe.training, data, resume, validation_for(task, recipe, model, adaptor, data))
     if not is_main_process():
         return {}
     task.save_model(model, output_dir / "model", recipe.primary_teacher)
     metric = next(iter(eval_metrics(task, recipe.eval.metric)), None)
-    report: dict[str, Any] = {"task": recipe.task, "metric": metric}
+    report: dict[str, Any] = {"task": recipe.task, "metric": metric, **_trained(result)}
     if data.eval is not None:
         report["model"] = measure(task, model, adaptor, data, recipe)
         _warn_at_chance(report, report["model"], metric, "fine-tuned model",
@@ -182,11 +184,11 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
                                      resume, f"assistants.{index - 1}")
         assistants.append(assistant)
         current = {"assistant": assistant}
-    student = _distill_stage(task, recipe, recipe.student, current, data, init_data, output_dir, resume)
+    student, result = _distill_stage(task, recipe, recipe.student, current, data, init_data, output_dir, resume)
     if not is_main_process():
         return {}
     metric = next(iter(eval_metrics(task, recipe.eval.metric)), None)
-    report: dict[str, Any] = {"task": recipe.task, "metric": metric}
+    report: dict[str, Any] = {"task": recipe.task, "metric": metric, **_trained(result)}
     if data.eval is not None:
         teacher = next(iter(teachers.values()))
         if teacher_result is None:
@@ -203,6 +205,12 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
         report["student"] = measure_against(task, student, task.adaptor(student), data, recipe, teacher_result)
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _trained(result: TrainResult) -> dict[str, Any]:
+    """What a report says of the training itself: its steps and, with a validation set, the
+    best step and value, and whether it stopped early."""
+    return {"steps": result.global_step, **({"validation": result.validation} if result.validation else {})}
 
 
 def _warn_at_chance(report: dict[str, Any], result: dict[str, Any], metric: str, who: str = "teacher",
@@ -304,16 +312,18 @@ def _resumable(directory: Path, resume: bool) -> bool:
 
 def _distill_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: dict[str, nn.Module],
                    data: PreparedData, init_data: PreparedData, output_dir: Path, resume: bool,
-                   where: str = "student") -> nn.Module:
+                   where: str = "student") -> tuple[nn.Module, TrainResult]:
     """Build, initialise and distill one student from ``teachers`` (one, or several for a
-    MultiTeacherDistiller; the first shapes the student); save it to ``output_dir/student``."""
+    MultiTeacherDistiller; the first shapes the student), scored on the validation set during
+    training when there is one; save it to ``output_dir/student``."""
     first = next(iter(teachers.values()))
     student = build_student(task, spec, first, init_data, recipe.training, where)
     distiller = make_distiller(task, recipe, teachers, student, output_dir)
-    fit(distiller, student, recipe.training, data, _resumable(output_dir, resume))
+    validation = validation_for(task, recipe, student, task.adaptor(student), data)
+    result = fit(distiller, student, recipe.training, data, _resumable(output_dir, resume), validation)
     if is_main_process():
         task.save_model(student, output_dir / "student", recipe.primary_teacher)
-    return student
+    return student, result
 
 
 def _assistant_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: dict[str, nn.Module],
@@ -323,7 +333,7 @@ def _assistant_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: di
     saved = output_dir / "student"
     if resume and (output_dir / STAGE_DONE).is_file():
         return task.load_teacher(ModelSpec(model=str(saved)))
-    assistant = _distill_stage(task, recipe, spec, teachers, data, init_data, output_dir, resume, where)
+    assistant, _ = _distill_stage(task, recipe, spec, teachers, data, init_data, output_dir, resume, where)
     if is_main_process():
         write_text_atomic(output_dir / STAGE_DONE, f"{saved}\n")
     return assistant

@@ -129,9 +129,17 @@ class AugmentSpec(ConfigModel):
 
 
 class DataSpec(ConfigModel):
-    """Training and evaluation data, the tokenizer's maximum length, and optional augmentation."""
+    """Training, validation and evaluation data, the tokenizer's maximum length, and optional
+    augmentation. ``validation`` (or ``validation_split``) is scored during training for every
+    choice a run makes (the best checkpoint, early stopping); ``eval`` is the reported test set and
+    is never used for choices."""
 
     train: DataFile
+    validation: DataFile | None = None
+    """The labelled set scored during training (``training.eval_steps``)."""
+    validation_split: float | None = Field(None, gt=0, lt=1)
+    """Or: this share of ``train`` held out as the validation set (a seeded split, the same for
+    every training seed; question answering splits by question)."""
     eval: DataFile | None = None
     extra_eval: dict[str, DataFile] = Field(default_factory=dict)
     """More labelled sets by name, each scored beside ``eval`` (which stays the one the report's
@@ -143,7 +151,18 @@ class DataSpec(ConfigModel):
     def _extra_needs_eval(self) -> DataSpec:
         if self.extra_eval and self.eval is None:
             raise ValueError("extra_eval scores models beside data.eval; give data.eval too")
+        if self.validation is not None and self.validation_split is not None:
+            raise ValueError("give data.validation (a file) or data.validation_split (a share of data.train), "
+                             "not both")
+        if self.validation_split is not None and self.augment is not None:
+            raise ValueError("data.validation_split with data.augment: augmented rows grown from held-out ones would "
+                             "leak into training; give the validation rows as their own file in data.validation")
         return self
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the data gives a validation set."""
+        return self.validation is not None or self.validation_split is not None
 
 
 class FinetuneSpec(ConfigModel):
@@ -159,6 +178,8 @@ class FinetuneSpec(ConfigModel):
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
     group_by_length: bool | None = None
     seed: int | None = None
+    eval_steps: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _length(self) -> FinetuneSpec:
@@ -221,14 +242,35 @@ class StudentSpec(ConfigModel):
         return InitSpec(name=self.init) if isinstance(self.init, str) else self.init
 
 
+DEFAULT_EPOCHS = 3
+"""Epochs of training when a recipe gives neither ``num_epochs`` nor ``num_steps`` (transformers'
+default too); with a validation set and ``patience``, give more and let early stopping end it."""
+LEARNING_RATES = ((15_000_000, 3e-4), (60_000_000, 1e-4), (None, 3e-5))
+"""The default learning rate by the trained model's parameters (up to, rate). Measured: students
+of 3 x 144 (5.2 M) kept the majority class of CoLA and WNUT-16 at 1e-4 and learnt both at 3e-4
+(benchmarks/general.py's suite); models of MiniLM-L6's size (22.7 M) fine-tune well at 1e-4; for
+BERT-base and larger, the BERT paper's range (2e-5 to 5e-5)."""
+
+
+def default_learning_rate(num_params: int) -> float:
+    """The learning rate for a model of ``num_params`` parameters when a recipe gives none
+    (:data:`LEARNING_RATES`)."""
+    return next(rate for limit, rate in LEARNING_RATES if limit is None or num_params <= limit)
+
+
 class TrainingSpec(ConfigModel):
-    """Optimisation settings of a recipe."""
+    """Optimisation settings of a recipe. The budget is ``num_epochs`` (3 when neither it nor
+    ``num_steps`` is given); the learning rate, when not given, follows the trained model's size
+    (:func:`default_learning_rate`). With a validation set (``data.validation`` or
+    ``data.validation_split``) the model is scored every ``eval_steps`` steps (or every epoch),
+    the best weights are kept (``keep_best``) and ``patience`` stops training early."""
 
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
     num_steps: int | None = Field(None, ge=1)
     num_epochs: int | None = Field(None, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
+    learning_rate: float | None = Field(None, gt=0)
+    """None: :func:`default_learning_rate` of the trained model's parameter count."""
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = 1.0
@@ -243,12 +285,28 @@ class TrainingSpec(ConfigModel):
     group_by_length: bool = False
     """Batch examples of similar length together (shuffled groups sorted by length, batches
     shuffled; :mod:`kd_core.sampling`): much less padding, the same examples every epoch."""
+    eval_steps: int | None = Field(None, ge=1)
+    """Score the validation set every that many optimizer steps (None: at the end of every epoch);
+    the last step is always scored."""
+    keep_best: bool | None = None
+    """End with the weights of the best validation score (None: yes when there is a validation set)."""
+    patience: int | None = Field(None, ge=1)
+    """Stop after that many validation scores in a row without improvement (None: never early)."""
+    min_delta: float = Field(0.0, ge=0)
+    """The least gain of the validation metric that counts as an improvement."""
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
-        if (self.num_steps is None) == (self.num_epochs is None):
-            raise ValueError("give exactly one of num_steps and num_epochs")
+        if self.num_steps is not None and self.num_epochs is not None:
+            raise ValueError("give num_steps or num_epochs, not both")
+        if self.num_steps is None and self.num_epochs is None:
+            object.__setattr__(self, "num_epochs", DEFAULT_EPOCHS)
         return self
+
+    @property
+    def validates(self) -> bool:
+        """Whether any validation setting is given (which needs a validation set)."""
+        return self.eval_steps is not None or bool(self.keep_best) or self.patience is not None
 
 
 class EvalSpec(ConfigModel):
@@ -312,11 +370,19 @@ class Recipe(ConfigModel):
                 raise ValueError("tasks: give at least one task")
             if self.assistants:
                 raise ValueError("assistants: teacher-assistant chains take one task, not a multi-task recipe")
+            validated = [name for name, spec in self.tasks.items() if spec.data.has_validation]
+            if validated or self.training.validates:
+                raise ValueError(f"{'tasks.' + validated[0] + '.data' if validated else 'training'}: evaluation "
+                                 "during training is not available for multi-task recipes yet; leave out "
+                                 "validation, eval_steps, keep_best and patience")
             return self
         if self.data is None or self.teacher is None:
             raise ValueError("give data and teacher (one task) or tasks (several)")
         if not self.teachers:
             raise ValueError("teacher: give a teacher, or a list of at least one")
+        if self.training.validates and not self.data.has_validation:
+            raise ValueError("training.eval_steps, keep_best and patience score a validation set: give "
+                             "data.validation (a file) or data.validation_split (a share of data.train, e.g. 0.1)")
         names = [teacher_name(spec, i) for i, spec in enumerate(self.teachers)]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher: the teachers' names must be unique, got {names}")

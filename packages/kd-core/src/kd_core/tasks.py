@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from kd_core.errors import ConfigError
 from kd_core.features import Adaptor
@@ -37,6 +38,8 @@ class PreparedData:
     extra_eval: dict[str, Dataset] = field(default_factory=dict)
     """More evaluation sets by name (``data.extra_eval``: CoLA's out-of-domain dev, MNLI's
     mismatched), scored beside ``eval``."""
+    validation: Dataset | None = None
+    """The set scored during training (``data.validation``, or held out of the training rows)."""
 
 
 @dataclass
@@ -130,12 +133,42 @@ def eval_metrics(task: Task, metric: str | None) -> list[str]:
     return [head, *(m for m in task.metrics if m != head)]
 
 
+VALIDATION_SEED = 0
+"""The seed of ``data.validation_split``: the same rows are held out for every training seed, so
+runs of several seeds are chosen on the same validation set."""
+
+
+def hold_out(dataset: Dataset, share: float, seed: int = VALIDATION_SEED,
+             where: str = "data.validation_split") -> tuple[Dataset, Dataset]:
+    """Split ``dataset`` into (training, validation) with a seeded ``share`` of its rows in the
+    second. A dataset whose examples group into rows (question answering: a question's windows,
+    ``example_rows``) is split by row through its ``select_rows(rows)``, so no row is on both sides;
+    any other by example."""
+    grouped = hasattr(dataset, "example_rows") and hasattr(dataset, "select_rows")
+    count = len(set(dataset.example_rows)) if grouped else len(dataset)
+    held = round(share * count)
+    if held < 1 or held >= count:
+        raise ConfigError(f"{where}: {share} of {count} training rows leaves "
+                          f"{'no validation rows' if held < 1 else 'no training rows'}; give a share that leaves "
+                          "some of each, or a validation file in data.validation")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    validation, train = sorted(order[:held]), sorted(order[held:])
+    if grouped:
+        return dataset.select_rows(train), dataset.select_rows(validation)
+    return Subset(dataset, train), Subset(dataset, validation)
+
+
 def prepare_data(task: Task, spec: DataSpec, model: ModelSpec, base_dir: Path | None) -> PreparedData:
-    """A recipe's ``data`` section (train, eval, extra_eval) read by ``task`` for ``model``."""
+    """A recipe's ``data`` section (train, validation or validation_split, eval, extra_eval) read
+    by ``task`` for ``model``."""
     def read(file: DataFile, where: str) -> Dataset:
         return task.read(file, model, spec.max_length, base_dir, where)
 
-    return PreparedData(read(spec.train, "data.train"),
-                        read(spec.eval, "data.eval") if spec.eval is not None else None,
+    train = read(spec.train, "data.train")
+    validation = read(spec.validation, "data.validation") if spec.validation is not None else None
+    if spec.validation_split is not None:
+        train, validation = hold_out(train, spec.validation_split)
+    return PreparedData(train, read(spec.eval, "data.eval") if spec.eval is not None else None,
                         task.collator(model),
-                        {name: read(file, f"data.extra_eval.{name}") for name, file in spec.extra_eval.items()})
+                        {name: read(file, f"data.extra_eval.{name}") for name, file in spec.extra_eval.items()},
+                        validation)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,14 @@ class QuestionAnsweringDataset(torch.utils.data.Dataset):
     def example_rows(self) -> list[int]:
         """The question of each window."""
         return [w.question for w in self.windows]
+
+    def select_rows(self, rows: list[int]) -> QuestionAnsweringDataset:
+        """The dataset of the questions ``rows`` (in that order) with their windows: how a
+        validation split holds out whole questions."""
+        index = {row: new for new, row in enumerate(rows)}
+        windows = [replace(w, question=index[w.question]) for w in self.windows if w.question in index]
+        windows.sort(key=lambda w: w.question)  # stable: a question's windows stay in order
+        return QuestionAnsweringDataset([self.questions[r] for r in rows], windows, self.fields)
 
     def label_rows(self) -> list[dict[str, Any]]:
         """Each question as a JSON-lines record that :func:`~kd_models.squad.read_questions` reads
