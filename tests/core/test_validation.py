@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from kd_core import ConfigError
+from kd_core import ConfigError, KDError
 from kd_core.assembly import linear_schedule_with_warmup
 from kd_core.checkpoint import list_checkpoints
 from kd_core.validation import BEST_DIR, Validation
@@ -119,6 +119,38 @@ def test_the_best_weights_are_restored_and_equal_the_checkpoint_of_their_step(tm
     assert any(not torch.equal(last[k], saved[k]) for k in saved), "steps 8 and 17 must differ for this to test"
     for key, value in saved.items():
         assert torch.equal(state[key], value), key
+    # only the files the current best and the kept checkpoints refer to stay (step 4's by checkpoint 4)
+    assert sorted(p.name for p in (tmp_path / BEST_DIR).iterdir()) == ["step-00000004.safetensors",
+                                                                       "step-00000008.safetensors"]
+
+
+def test_min_delta_decides_when_to_stop_not_which_weights_are_kept() -> None:
+    validation = Validation(lambda model: {}, "score", patience=2, min_delta=0.01)
+    assert validation.record(1, {"score": 0.80})
+    assert validation.record(2, {"score": 0.805}) and validation.record(3, {"score": 0.809})
+    assert (validation.best_step, validation.best_value) == (3, 0.809)
+    assert validation.should_stop and validation.summary()["kept"] == "best"
+
+
+def test_a_fresh_run_forgets_the_evaluations_and_best_files_of_an_earlier_one(tmp_path: Path) -> None:
+    validation = Validation(_Script([0.9, 0.1]), "score", eval_steps=10)
+    _train(tmp_path, validation)
+    assert validation.best_step == 10
+    validation.evaluate, validation.eval_steps = _Script([0.1, 0.2]), 4
+    _, again = _train(tmp_path, validation)
+    assert [h["step"] for h in validation.history] == [4, 8, 12, 16, 17] and again.validation["best_step"] == 8
+    files = sorted(p.name for p in (tmp_path / BEST_DIR).iterdir())
+    assert files == ["step-00000004.safetensors", "step-00000008.safetensors"], "step 10's is the earlier run's"
+
+
+def test_a_resume_whose_best_weights_are_gone_fails_before_training(tmp_path: Path) -> None:
+    with pytest.raises(_Interrupt):
+        _train(tmp_path, Validation(_Script([0.5]), "score", eval_steps=2), stop_at=3)
+    (tmp_path / BEST_DIR / "step-00000002.safetensors").unlink()
+    script = _Script([0.5])
+    with pytest.raises(KDError, match="best weights of step 2 cannot be read"):
+        _train(tmp_path, Validation(script, "score", eval_steps=2), resume=True)
+    assert script.calls == 0
 
 
 def test_keep_best_false_keeps_the_last_weights(tmp_path: Path) -> None:
@@ -132,12 +164,12 @@ def test_keep_best_false_keeps_the_last_weights(tmp_path: Path) -> None:
 
 
 def test_early_stopping_after_patience_evaluations_without_improvement(tmp_path: Path) -> None:
-    # evaluations at 2, 4, 6, 8, 10: best at 4; 6 and 8 gain less than min_delta; stop at 8
+    # scored at 2, 4, 6, 8: 6 is the best but gains less than min_delta over 4, and 8 none: stop at 8
     script = _Script([0.5, 0.6, 0.605, 0.55, 0.9])
     validation = Validation(script, "score", eval_steps=2, patience=2, min_delta=0.01)
     _, result = _train(tmp_path, validation)
     assert result.global_step == 8 and script.calls == 4
-    assert result.validation["stopped_early"] and result.validation["best_step"] == 4
+    assert result.validation["stopped_early"] and result.validation["best_step"] == 6
     assert [r["step"] for r in _records(tmp_path)][-1] == 8
     assert list_checkpoints(tmp_path / "checkpoints")[-1].name == "step-00000008", "a checkpoint where it stopped"
 

@@ -1,9 +1,11 @@
 """A distillation run for the data-parallel tests: launched by torchrun with N processes, or as
-one process, it distils a TinyEncoder on fixed data and leaves the student in OUTPUT/student.pt."""
+one process, it distils a TinyEncoder on fixed data and leaves the student in OUTPUT/student.pt
+(and with ``--validate``, the validation summary in OUTPUT/validation.json)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -11,7 +13,19 @@ from torch.utils.data import DataLoader
 
 from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig, lookup
 from kd_core.distributed import is_main_process
+from kd_core.validation import Validation
 from tests.core.models import TinyEncoder, TokenDataset
+
+
+def _held_out_loss(model: torch.nn.Module) -> dict[str, float]:
+    """Cross-entropy on held-out rows, made much worse on every rank but the first: only the
+    main process's score may decide, or the ranks would stop at different steps and hang."""
+    data = TokenDataset(size=24, full=True, seed=5)
+    model.eval()
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(data.ids, data.mask, data.labels)["logits"], data.labels)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return {"loss": float(loss) + 100.0 * rank}
 
 
 def main() -> None:
@@ -22,6 +36,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ckpt-steps", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--validate", action="store_true", help="Score held-out rows every 2 steps, patience 2.")
     args = parser.parse_args()
     torch.manual_seed(123)
     teacher = TinyEncoder(width=16, layers=2)
@@ -34,8 +49,12 @@ def main() -> None:
             {"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "proj": ["linear", 8, 16]}]),
         teacher, student, adaptor, adaptor)
     loader = DataLoader(TokenDataset(size=64, full=True, seed=4), batch_size=args.batch_size, shuffle=True)
-    distiller.train(torch.optim.AdamW(student.parameters(), lr=1e-2), loader, num_steps=args.steps,
-                    max_grad_norm=1.0, resume=args.resume)
+    validation = Validation(_held_out_loss, "loss", greater_is_better=False, eval_steps=2, patience=2) \
+        if args.validate else None
+    result = distiller.train(torch.optim.AdamW(student.parameters(), lr=1e-2), loader, num_steps=args.steps,
+                             max_grad_norm=1.0, resume=args.resume, validation=validation)
+    if is_main_process() and validation is not None:
+        (args.output / "validation.json").write_text(json.dumps(result.validation))
     if is_main_process():
         torch.save({**student.state_dict(), **{f"proj.{k}": v for k, v in distiller.loss_plan.state_dict().items()}},
                    args.output / "student.pt")

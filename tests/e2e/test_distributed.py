@@ -53,3 +53,13 @@ def test_distributed_run_resumes_bit_for_bit(tmp_path: Path) -> None:
     _torchrun(2, tmp_path / "resumed", "--batch-size", "4", "--ckpt-steps", "5", "--resume")
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_the_main_process_decides_when_to_stop_and_which_weights_every_rank_keeps(tmp_path: Path) -> None:
+    # every other rank scores 100 worse: ranks that judged for themselves would stop apart and hang
+    _torchrun(2, tmp_path / "two", "--batch-size", "4", "--steps", "40", "--validate")
+    _torchrun(1, tmp_path / "one", "--batch-size", "8", "--steps", "40", "--validate")
+    two, one = (json.loads((tmp_path / name / "validation.json").read_text()) for name in ("two", "one"))
+    assert two["stopped_early"] and (two["best_step"], two["last_step"]) == (one["best_step"], one["last_step"])
+    assert two["best_step"] < two["last_step"] < 40
+    assert _max_difference(_weights(tmp_path / "two"), _weights(tmp_path / "one")) < 1e-5

@@ -47,6 +47,21 @@ class Distributed:
         if self.active:
             dist.barrier()
 
+    def broadcast_object(self, value: Any) -> Any:
+        """The main process's ``value`` on every rank (``value`` itself when not distributed)."""
+        if not self.active:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Give every rank the main process's weights and buffers of ``module``."""
+        if not self.active:
+            return
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
     def average_gradients(self, params: list[torch.Tensor]) -> None:
         """Average the gradients of ``params`` over all ranks (missing gradients count as zeros)."""
         if not self.active or self.world_size == 1:

@@ -183,6 +183,10 @@ class Engine:
                                     self.dist.is_main)
         else:
             self._clear_earlier_checkpoints()
+            if validation is not None:
+                validation.reset()
+                if self.dist.is_main:
+                    validation.clear(self.output_dir)
             if t.seed is not None:
                 seed_everything(t.seed)
 
@@ -287,16 +291,20 @@ class Engine:
     # -- pieces of the loop --------------------------------------------------------------------
 
     def _validate(self, validation: Validation, step: int) -> None:
-        """Evaluate the student after ``step``; write its weights when they are the best so far.
-        (Every process evaluates, so all agree on stopping; the main one writes.)"""
-        if validation.run(self.model_S, step) and validation.keep_best and self.dist.is_main:
+        """Score the student after ``step`` (the main process scores and tells the others, so all
+        agree on stopping); write its weights when they are the best so far, and drop the best
+        files that neither they nor a kept checkpoint need."""
+        values = self.dist.broadcast_object(validation.score(self.model_S) if self.dist.is_main else None)
+        if validation.record(step, values) and validation.keep_best and self.dist.is_main:
             validation.save_best(self.output_dir, self.model_S)
+            validation.prune(self.output_dir, list_checkpoints(self.output_dir / CHECKPOINTS_DIR))
 
     def _finish_validation(self, validation: Validation, step: int) -> None:
         """Put the best weights back (``keep_best``), or warn that the metric was still rising."""
         if validation.keep_best and validation.best_step is not None and validation.best_step != step:
-            self.dist.barrier()
-            validation.restore_best(self.output_dir, self.model_S)
+            if self.dist.is_main:
+                validation.restore_best(self.output_dir, self.model_S)
+            self.dist.broadcast_module(self.model_S)
         if validation.still_improving and not validation.should_stop:
             last = validation.history[-1]
             warnings.warn(f"training ended at step {step} while validation {validation.metric} was still improving "
@@ -442,6 +450,8 @@ def _restore_validation(validation: Validation, state: dict[str, Any], output_di
     validation.load_state_dict(state["validation"])
     if is_main:
         validation.forget_after(output_dir, step)
+        if validation.keep_best and validation.best_step is not None:
+            validation.best_weights(output_dir)  # readable now, not only when training ends
 
 
 def _bar_fields(validation: Validation) -> dict[str, str]:

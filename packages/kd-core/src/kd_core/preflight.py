@@ -120,6 +120,9 @@ def _check_metrics(task: Task, recipe: Recipe) -> None:
     for spec in specs:
         for name in eval_metrics(task, spec.metric):
             get_metric(name, task, recipe.task)
+    if recipe.data is not None and recipe.data.has_validation and not eval_metrics(task, recipe.eval.metric):
+        raise ConfigError(f"data.validation: task {recipe.task} has no metric to score a validation set with; "
+                          "leave validation out")
 
 
 def _check_augment(recipe: Recipe) -> None:

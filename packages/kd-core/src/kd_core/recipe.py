@@ -20,6 +20,7 @@ from kd_core.assembly import (
     build_student,
     check_trainable,
     fit,
+    learning_rate,
     load_teachers,
     make_distiller,
     make_multitask_distiller,
@@ -43,6 +44,7 @@ from kd_core.measure import at_chance_warning, measure, measure_against
 from kd_core.preflight import Check, check_recipe
 from kd_core.schema import DataFile, DataSpec, ModelSpec, Recipe, StudentSpec, TaskSpec, teacher_name
 from kd_core.tasks import PreparedData, Task, eval_metrics, prepare_data
+from kd_core.validation import BEST_DIR
 
 REPORT_FILE = "report.json"
 STAGE_DONE = "STAGE_COMPLETE"
@@ -77,7 +79,8 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
         return {}
     task.save_model(model, output_dir / "model", recipe.primary_teacher)
     metric = next(iter(eval_metrics(task, recipe.eval.metric)), None)
-    report: dict[str, Any] = {"task": recipe.task, "metric": metric, **_trained(result)}
+    report: dict[str, Any] = {"task": recipe.task, "metric": metric,
+                              **_trained(result, learning_rate(recipe.training, model))}
     if data.eval is not None:
         report["model"] = measure(task, model, adaptor, data, recipe)
         _warn_at_chance(report, report["model"], metric, "fine-tuned model",
@@ -125,7 +128,8 @@ def _finetuned(recipe: Recipe, spec: ModelSpec, directory: Path, base_dir: Path 
     write_text_atomic(started, fingerprint)
     run_train(stage, directory, base_dir, resume=same and _resumable(directory, resume))
     write_text_atomic(marker, fingerprint)
-    shutil.rmtree(directory / CHECKPOINTS_DIR, ignore_errors=True)  # only an unfinished stage resumes from them
+    for folder in (CHECKPOINTS_DIR, BEST_DIR):  # only an unfinished stage resumes from them
+        shutil.rmtree(directory / folder, ignore_errors=True)
     return trained
 
 
@@ -188,7 +192,8 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
     if not is_main_process():
         return {}
     metric = next(iter(eval_metrics(task, recipe.eval.metric)), None)
-    report: dict[str, Any] = {"task": recipe.task, "metric": metric, **_trained(result)}
+    report: dict[str, Any] = {"task": recipe.task, "metric": metric,
+                              **_trained(result, learning_rate(recipe.training, student))}
     if data.eval is not None:
         teacher = next(iter(teachers.values()))
         if teacher_result is None:
@@ -207,10 +212,12 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
     return report
 
 
-def _trained(result: TrainResult) -> dict[str, Any]:
-    """What a report says of the training itself: its steps and, with a validation set, the
-    best step and value, and whether it stopped early."""
-    return {"steps": result.global_step, **({"validation": result.validation} if result.validation else {})}
+def _trained(result: TrainResult, rate: float) -> dict[str, Any]:
+    """What a report says of the training itself: its steps, its learning rate (the recipe's, or
+    the default for the model's size) and, with a validation set, the best step and value, and
+    whether it stopped early."""
+    return {"steps": result.global_step, "learning_rate": rate,
+            **({"validation": result.validation} if result.validation else {})}
 
 
 def _warn_at_chance(report: dict[str, Any], result: dict[str, Any], metric: str, who: str = "teacher",

@@ -293,7 +293,7 @@ class TrainingSpec(ConfigModel):
     patience: int | None = Field(None, ge=1)
     """Stop after that many validation scores in a row without improvement (None: never early)."""
     min_delta: float = Field(0.0, ge=0)
-    """The least gain of the validation metric that counts as an improvement."""
+    """The least gain over the best score that resets ``patience`` (the best kept is the best score)."""
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
@@ -306,7 +306,8 @@ class TrainingSpec(ConfigModel):
     @property
     def validates(self) -> bool:
         """Whether any validation setting is given (which needs a validation set)."""
-        return self.eval_steps is not None or bool(self.keep_best) or self.patience is not None
+        return (self.eval_steps is not None or bool(self.keep_best) or self.patience is not None
+                or self.min_delta > 0)
 
 
 class EvalSpec(ConfigModel):

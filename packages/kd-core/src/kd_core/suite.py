@@ -42,6 +42,7 @@ from kd_core.errors import ConfigError
 from kd_core.paths import resolve_model_path
 from kd_core.recipe import REPORT_FILE, run_train
 from kd_core.schema import Recipe, recipe_to_yaml
+from kd_core.validation import BEST_DIR
 
 SETTINGS_FILE = "suite-settings.json"
 """What a finished (model, task) was run with, beside its report."""
@@ -151,7 +152,8 @@ def _run_one(recipe: Recipe, weights: str, directory: Path, base_dir: Path, titl
     if "model" not in report:
         raise ConfigError(f"{title}: the task has no data.eval to score the model on")
     write_text_atomic(marker, settings)
-    shutil.rmtree(directory / CHECKPOINTS_DIR, ignore_errors=True)
+    for folder in (CHECKPOINTS_DIR, BEST_DIR):  # the finished run's model is saved
+        shutil.rmtree(directory / folder, ignore_errors=True)
     return report
 
 

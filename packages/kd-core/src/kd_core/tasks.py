@@ -145,13 +145,14 @@ def hold_out(dataset: Dataset, share: float, seed: int = VALIDATION_SEED,
     ``example_rows``) is split by row through its ``select_rows(rows)``, so no row is on both sides;
     any other by example."""
     grouped = hasattr(dataset, "example_rows") and hasattr(dataset, "select_rows")
-    count = len(set(dataset.example_rows)) if grouped else len(dataset)
+    rows = sorted(set(dataset.example_rows)) if grouped else list(range(len(dataset)))
+    count = len(rows)
     held = round(share * count)
     if held < 1 or held >= count:
         raise ConfigError(f"{where}: {share} of {count} training rows leaves "
                           f"{'no validation rows' if held < 1 else 'no training rows'}; give a share that leaves "
                           "some of each, or a validation file in data.validation")
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = [rows[i] for i in torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()]
     validation, train = sorted(order[:held]), sorted(order[held:])
     if grouped:
         return dataset.select_rows(train), dataset.select_rows(validation)

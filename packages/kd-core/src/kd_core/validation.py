@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kd_core.checkpoint import STATE_JSON_FILE, rng_state, set_rng_state
-from kd_core.errors import ConfigError
+from kd_core.errors import ConfigError, KDError
 
 BEST_DIR = "best"
 """Where the best weights (one safetensors file per step that was best) live under a run's folder."""
@@ -43,9 +44,10 @@ class Validation:
     ``evaluate(model)`` returns the validation metrics by name; ``metric`` is the one that decides
     (``greater_is_better`` as the registered metric says). ``eval_steps``: evaluate every that many
     optimizer steps (None: at the end of every epoch); the last step is always evaluated.
-    ``patience``: stop after that many evaluations in a row without an improvement of more than
-    ``min_delta`` (None: never stop early). ``keep_best``: end training with the best weights
-    (else the last).
+    ``keep_best``: end training with the weights of the best score (else the last). ``patience``:
+    stop after that many evaluations in a row that do not beat the best by more than ``min_delta``
+    (None: never stop early); as in transformers' EarlyStoppingCallback, ``min_delta`` only decides
+    when to stop: the best kept is the best score.
     """
 
     evaluate: Callable[[nn.Module], dict[str, float]]
@@ -60,7 +62,7 @@ class Validation:
     best_value: float | None = field(default=None, init=False)
     best_step: int | None = field(default=None, init=False)
     since_best: int = field(default=0, init=False)
-    """Evaluations in a row without an improvement."""
+    """Evaluations in a row without an improvement of more than ``min_delta``."""
 
     def __post_init__(self) -> None:
         if self.eval_steps is not None and self.eval_steps < 1:
@@ -76,37 +78,46 @@ class Validation:
             return True
         return step % self.eval_steps == 0 if self.eval_steps is not None else end_of_epoch
 
-    def run(self, model: nn.Module, step: int) -> bool:
-        """Evaluate ``model`` after optimizer step ``step`` and record it; whether it is the best so far.
+    def reset(self) -> None:
+        """Forget every evaluation: a fresh run starts judging anew."""
+        self.history, self.best_value, self.best_step, self.since_best = [], None, None, 0
 
-        Evaluation draws nothing from the random generators training uses (their states are put
-        back), so a run with validation trains exactly as one without it.
-        """
+    def score(self, model: nn.Module) -> dict[str, float]:
+        """The validation metrics of ``model``. Evaluation draws nothing from the random
+        generators training uses (their states are put back), so a run with validation trains
+        exactly as one without it."""
         saved = rng_state()
         was_training = model.training
         try:
-            values = dict(self.evaluate(model))
+            values = {k: float(v) for k, v in self.evaluate(model).items()}
         finally:
             set_rng_state(saved)
             model.train(was_training)
         if self.metric not in values:
             raise ConfigError(f"validation: the evaluation gave {', '.join(values) or 'no metrics'}, "
                               f"not {self.metric!r}")
-        return self.record(step, values)
+        return values
+
+    def run(self, model: nn.Module, step: int) -> bool:
+        """Score ``model`` after optimizer step ``step`` and record it; whether it is the best so far."""
+        return self.record(step, self.score(model))
 
     def record(self, step: int, values: dict[str, float]) -> bool:
         """Record the metrics ``values`` of step ``step``; whether they are the best so far (a NaN
-        never is)."""
+        never is, and counts as no improvement)."""
         value = float(values[self.metric])
         self.history.append({"step": step, **{k: float(v) for k, v in values.items()}})
-        gain = math.nan if self.best_value is None else (value - self.best_value if self.greater_is_better
-                                                         else self.best_value - value)
-        improved = not math.isnan(value) and (self.best_value is None or gain > self.min_delta)
-        if improved:
-            self.best_value, self.best_step, self.since_best = value, step, 0
-        else:
+        if math.isnan(value):
             self.since_best += 1
-        return improved
+            return False
+        if self.best_value is None:
+            self.best_value, self.best_step, self.since_best = value, step, 0
+            return True
+        gain = value - self.best_value if self.greater_is_better else self.best_value - value
+        self.since_best = 0 if gain > self.min_delta else self.since_best + 1
+        if gain > 0:
+            self.best_value, self.best_step = value, step
+        return gain > 0
 
     @property
     def should_stop(self) -> bool:
@@ -125,9 +136,10 @@ class Validation:
 
     def summary(self) -> dict[str, Any]:
         """What a run's report says of its validation."""
+        kept = "best" if self.keep_best and self.best_step is not None else "last"
         return {"metric": self.metric, "best_value": self.best_value, "best_step": self.best_step,
                 "evaluations": len(self.history), "last_step": self.history[-1]["step"] if self.history else None,
-                "stopped_early": self.should_stop, "kept": "best" if self.keep_best else "last"}
+                "stopped_early": self.should_stop, "kept": kept}
 
     # -- the best weights and the state checkpoints hold -----------------------------------------
 
@@ -146,6 +158,8 @@ class Validation:
         try:
             save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, tmp,
                       metadata={"format": "pt"})
+            with open(tmp, "rb") as handle:  # on disk before a checkpoint can refer to it
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -153,12 +167,18 @@ class Validation:
 
     def restore_best(self, output_dir: Path, model: nn.Module) -> None:
         """Load the best step's weights into ``model``."""
+        model.load_state_dict(self.best_weights(output_dir))
+
+    def best_weights(self, output_dir: Path) -> dict[str, Any]:
+        """The best step's weights as written by :meth:`save_best`; a KDError names a missing or
+        damaged file."""
         assert self.best_step is not None
         path = self.best_file(output_dir, self.best_step)
-        if not path.is_file():
-            raise ConfigError(f"validation: the best weights of step {self.best_step} are missing ({path}); "
-                              "they are written when that step is evaluated")
-        model.load_state_dict(load_file(str(path)))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # missing or damaged: the run cannot end with its best model
+            raise KDError(f"validation: the best weights of step {self.best_step} cannot be read ({path}: "
+                          f"{type(exc).__name__}: {exc}); start afresh, or set keep_best: false") from None
 
     def prune(self, output_dir: Path, checkpoints: Iterable[Path]) -> None:
         """Remove the best-weight files that neither the current best nor any kept checkpoint
@@ -177,10 +197,14 @@ class Validation:
             if int(path.name[5:13]) > step:
                 path.unlink(missing_ok=True)
 
+    def clear(self, output_dir: Path) -> None:
+        """Remove every best-weight file (a fresh run, or a finished stage whose model is saved)."""
+        shutil.rmtree(output_dir / BEST_DIR, ignore_errors=True)
+
     def state_dict(self) -> dict[str, Any]:
         """The state a checkpoint holds."""
         return {"history": [dict(h) for h in self.history], "best_value": self.best_value,
-                "best_step": self.best_step, "since_best": self.since_best}
+                "best_step": self.best_step, "since_best": self.since_best, "keep_best": self.keep_best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` gave."""
