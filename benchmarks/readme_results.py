@@ -45,11 +45,12 @@ def demo(results: dict[str, Any], source: str) -> list[str]:
     """The demo's table: each model's dev accuracy, retention, size and latency."""
     teacher = results["teacher"]
     rows = [[teacher["title"], f"{teacher['value']:.4f}", "", f"{teacher['params']:,}", "",
-             f"{teacher['disk_mib']:.1f}", f"{teacher['latency_ms']:.1f}", ""]]
+             f"{teacher['disk_mib']:.1f}", f"{teacher['latency_ms']:.1f}", "", ""]]
     for name, s in results["students"].items():
+        kept = f"{s['best_step']:,} of {s['steps']:,}" if "best_step" in s else "last"
         rows.append([f"student `{name}` ({s['title']})", f"{s['value']:.4f}", f"{s['retention']:.3f}",
                      f"{s['params']:,}", f"{s['params_ratio']:.2f}", f"{s['disk_mib']:.1f}",
-                     f"{s['latency_ms']:.1f}", f"{s['speedup']:.2f}"])
+                     f"{s['latency_ms']:.1f}", f"{s['speedup']:.2f}", kept])
     device = teacher.get("latency_device", "cpu")
     lines = [f"Measured on {results['date']} by `kd demo --results {source}` ({_machine(results['machine'])}): "
              f"{_minutes(results['wall_time_s'])} in all"
@@ -57,7 +58,8 @@ def demo(results: dict[str, Any], source: str) -> list[str]:
                 f"the output folder" if teacher.get("fine_tuning_seconds") else "")
              + f". Dev accuracy on all 872 SST-2 dev sentences; latency is the median milliseconds per batch of 32 on "
                f"{device}, the device synchronised around each batch.", "",
-             *_table(["model", "dev acc", "retention", "params", "x fewer", "MiB", "ms / batch", "speedup"], rows)]
+             *_table(["model", "dev acc", "retention", "params", "x fewer", "MiB", "ms / batch", "speedup",
+                      "step kept"], rows)]
     analysis = results.get("analysis")
     if analysis:
         agreement = ", ".join(f"`{n}` {v:.1%}" for n, v in analysis["agreement_with_teacher"].items())
@@ -247,6 +249,33 @@ def small_tasks(results: dict[str, Any], source: str) -> list[str]:
                      "x fewer params"], rows)]
 
 
+def early_stopping(results: dict[str, Any], source: str) -> list[str]:
+    """Small labelled tasks: the demo's student recipe with today's fixed budget and with kd's
+    validated defaults; each student's test metric, retention and steps."""
+    settings = results["settings"]
+    rows = []
+    for name, task in results["tasks"].items():
+        teacher = task["teacher"]
+        for label, title in (("fixed_budget", f"fixed: {settings['fixed_steps']:,} steps at "
+                                              f"{settings['fixed_learning_rate']:g}, the last kept"),
+                             ("validated", "validated: kd's defaults, the best kept")):
+            s = task["students"][label]
+            stop = " (stopped early)" if s["stopped_early"] else ""
+            rows.append([f"{name} ({task['classes']} classes, {task['train_rows']:,} rows)", title,
+                         f"{teacher['value']:.3f}", f"{s['value']:.3f}", f"{s['retention']:.3f}",
+                         f"{s['kept_step']:,} of {s['steps']:,}{stop}", f"{s['params_ratio']:.2f}x"])
+    return [f"Measured on {results['date']} by `python -m benchmarks.early_stopping` ({source}, "
+            f"{_machine(results['machine'])}, {_minutes(results['wall_seconds'])} in all). Per task one teacher, "
+            f"the packaged MiniLM fine-tuned with validation ({settings['validation_split']:.0%} of the training rows "
+            f"held out, up to {settings['teacher_epochs']} epochs, patience {settings['teacher_patience']}); two "
+            f"3 x 144 students from the demo's recipe ({results['student_recipe']}). The validated one is scored on "
+            f"the held-out rows every epoch, up to {settings['student_epochs']} epochs, patience "
+            f"{settings['student_patience']}, at the default learning rate for its size. The metric is on the "
+            "task's test rows, which no choice read.", "",
+            *_table(["task", "student budget", "teacher", "student", "retention", "step kept, of steps",
+                     "x fewer params"], rows)]
+
+
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "demo": ("demo-cpu-x86_64-2cores.json", demo),
     "demo_recipe": ("demo-recipe-selection.json", demo_recipe),
@@ -258,6 +287,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "squad": ("squad-cpu-x86_64-2cores.json", squad),
     "general": ("general-cpu-x86_64-2threads.json", general),
     "small_tasks": ("small-tasks-cpu-x86_64-2cores.json", small_tasks),
+    "early_stopping": ("early-stopping-cpu-x86_64-2cores.json", early_stopping),
 }
 """Each README block: the results file it is rendered from, and how."""
 
