@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.step_cases import (
     CASES,
+    DISTILBERT_BATCH_SIZE,
     DISTILBERT_LENGTH,
     Sections,
     build_student,
@@ -43,7 +44,8 @@ IMPLS = {
     "bilstm": ["kd", "kd_compiled"],
     "distilbert": ["kd", "kd_reference", "kd_compiled"],
 }
-WORKLOADS = {"distilbert": f"masked LM 6x384 teacher (V = 30,522), batches of 32 x {DISTILBERT_LENGTH} tokens"}
+WORKLOADS = {"distilbert": f"masked LM 6x384 teacher (V = 30,522), batches of {DISTILBERT_BATCH_SIZE} x "
+                           f"{DISTILBERT_LENGTH} tokens"}
 """What a case's teacher and batches are, where they are not the SST-2 classification setup's."""
 
 
