@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from benchmarks.results_file import results_path, write_results
-from benchmarks.small_tasks import DEMO_STUDENT, task_recipes
+from benchmarks.small_tasks import DEMO_STUDENT, demo_student_recipe, task_recipes
 from kd_core.demo import SETTINGS, STUDENTS
 from kd_core.machine import describe_machine
 from kd_core.recipe import REPORT_FILE, finetune_teachers, run_distill
@@ -61,17 +61,10 @@ def validated_recipe(task: dict[str, Any]) -> Recipe:
     })
 
 
-def fixed_budget_recipe(validated: Recipe, teacher: dict[str, Any]) -> Recipe:
+def fixed_budget_recipe(task: dict[str, Any], teacher: dict[str, Any]) -> Recipe:
     """The demo's recipe as it is today (its steps and learning rate, the last weights, no
-    validation), from the same fine-tuned ``teacher`` spec."""
-    plan = STUDENTS[DEMO_STUDENT]
-    raw = validated.to_dict()
-    raw["data"] = {**raw["data"], "validation_split": None}
-    raw["teacher"] = teacher
-    raw["training"] = {"batch_size": 32, "num_steps": SETTINGS[False].student_steps[DEMO_STUDENT],
-                       "learning_rate": plan.learning_rate, "group_by_length": True, "seed": 0,
-                       "keep_checkpoints": 1, "progress": True}
-    return Recipe.from_dict(raw, where="fixed budget")
+    validation) on ``task``, from the fine-tuned ``teacher`` spec."""
+    return demo_student_recipe({**task, "teacher": teacher}, STUDENTS[DEMO_STUDENT].student)
 
 
 def _row(report: dict[str, Any], teacher: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -98,7 +91,7 @@ def main() -> None:
         teacher_report = json.loads((out / "teacher" / REPORT_FILE).read_text())
         teacher = teacher_report["model"]
         rows: dict[str, Any] = {}
-        for label, recipe in (("fixed_budget", fixed_budget_recipe(validated, validated.teacher.to_dict())),
+        for label, recipe in (("fixed_budget", fixed_budget_recipe(raw, validated.teacher.to_dict())),
                               ("validated", validated)):
             print(f"{name}: distilling, {label}", flush=True)
             clock = time.perf_counter()

@@ -189,7 +189,7 @@ def test_lower_is_better_and_a_nan_is_never_the_best() -> None:
 def test_an_evaluation_without_the_metric_is_named() -> None:
     validation = Validation(lambda model: {"accuracy": 1.0}, "f1")
     with pytest.raises(ConfigError, match="not 'f1'"):
-        validation.run(torch.nn.Linear(2, 2), 1)
+        validation.score(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("stop_at", [3, 6])  # after the best (step 2), before the stop (step 8)

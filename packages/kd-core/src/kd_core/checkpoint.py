@@ -96,6 +96,25 @@ def _fsync(path: str) -> None:
         os.fsync(handle.fileno())
 
 
+def cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached contiguous CPU copies (tied weights no longer share memory, as safetensors needs)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+def save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """Write ``weights`` to one safetensors file under a temporary name, fsync it, rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(cpu_copy(weights), tmp, metadata={"format": "pt"})
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def checkpoint_dir(root: Path, step: int) -> Path:
     """Where the checkpoint of optimizer step ``step`` lives under ``root``."""
     return root / f"{CHECKPOINT_PREFIX}{step:08d}"
@@ -108,8 +127,7 @@ def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor],
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         skeleton, tensors = flatten_state(state)
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()},
-                  str(staging / MODEL_FILE), metadata={"format": "pt"})
+        save_file(cpu_copy(model_state), str(staging / MODEL_FILE), metadata={"format": "pt"})
         save_file(tensors, str(staging / STATE_TENSORS_FILE))
         (staging / STATE_JSON_FILE).write_text(json.dumps(skeleton), encoding="utf-8")
         for name in (MODEL_FILE, STATE_TENSORS_FILE, STATE_JSON_FILE):

@@ -30,6 +30,7 @@ from kd_core.assembly import (
     task_for,
     teacher_recipe,
     train_loader,
+    validation_metric,
 )
 from kd_core.errors import ConfigError
 from kd_core.features import FeatureNeeds, Features, to_device, trim_padding
@@ -120,9 +121,8 @@ def _check_metrics(task: Task, recipe: Recipe) -> None:
     for spec in specs:
         for name in eval_metrics(task, spec.metric):
             get_metric(name, task, recipe.task)
-    if recipe.data is not None and recipe.data.has_validation and not eval_metrics(task, recipe.eval.metric):
-        raise ConfigError(f"data.validation: task {recipe.task} has no metric to score a validation set with; "
-                          "leave validation out")
+    if recipe.data is not None and recipe.data.has_validation:
+        validation_metric(task, recipe)
 
 
 def _check_augment(recipe: Recipe) -> None:

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from kd_core.checkpoint import STATE_JSON_FILE, rng_state, set_rng_state
+from kd_core.checkpoint import STATE_JSON_FILE, rng_state, save_weights, set_rng_state
 from kd_core.errors import ConfigError, KDError
 
 BEST_DIR = "best"
@@ -98,10 +96,6 @@ class Validation:
                               f"not {self.metric!r}")
         return values
 
-    def run(self, model: nn.Module, step: int) -> bool:
-        """Score ``model`` after optimizer step ``step`` and record it; whether it is the best so far."""
-        return self.record(step, self.score(model))
-
     def record(self, step: int, values: dict[str, float]) -> bool:
         """Record the metrics ``values`` of step ``step``; whether they are the best so far (a NaN
         never is, and counts as no improvement)."""
@@ -149,21 +143,10 @@ class Validation:
         return output_dir / BEST_DIR / f"step-{step:08d}.safetensors"
 
     def save_best(self, output_dir: Path, model: nn.Module) -> None:
-        """Write ``model``'s weights as those of the best step (atomically)."""
+        """Write ``model``'s weights as those of the best step (atomically, on disk before a
+        checkpoint can refer to them)."""
         assert self.best_step is not None
-        path = self.best_file(output_dir, self.best_step)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, tmp,
-                      metadata={"format": "pt"})
-            with open(tmp, "rb") as handle:  # on disk before a checkpoint can refer to it
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_weights(self.best_file(output_dir, self.best_step), model.state_dict())
 
     def restore_best(self, output_dir: Path, model: nn.Module) -> None:
         """Load the best step's weights into ``model``."""
@@ -184,17 +167,15 @@ class Validation:
         """Remove the best-weight files that neither the current best nor any kept checkpoint
         refers to (a checkpoint needs its best step's file to resume)."""
         keep = {self.best_step} | {_best_step_of(c) for c in checkpoints}
-        folder = output_dir / BEST_DIR
-        for path in folder.glob("step-*.safetensors") if folder.is_dir() else []:
-            if int(path.name[5:13]) not in keep:
+        for step, path in _best_files(output_dir).items():
+            if step not in keep:
                 path.unlink(missing_ok=True)
 
     def forget_after(self, output_dir: Path, step: int) -> None:
         """On resume from step ``step``: remove the best-weight files the interrupted run wrote
         later (the resumed run writes them again when it gets there)."""
-        folder = output_dir / BEST_DIR
-        for path in folder.glob("step-*.safetensors") if folder.is_dir() else []:
-            if int(path.name[5:13]) > step:
+        for written, path in _best_files(output_dir).items():
+            if written > step:
                 path.unlink(missing_ok=True)
 
     def clear(self, output_dir: Path) -> None:
@@ -204,12 +185,19 @@ class Validation:
     def state_dict(self) -> dict[str, Any]:
         """The state a checkpoint holds."""
         return {"history": [dict(h) for h in self.history], "best_value": self.best_value,
-                "best_step": self.best_step, "since_best": self.since_best, "keep_best": self.keep_best}
+                "best_step": self.best_step, "since_best": self.since_best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` gave."""
         self.history = [dict(h) for h in state["history"]]
         self.best_value, self.best_step, self.since_best = state["best_value"], state["best_step"], state["since_best"]
+
+
+def _best_files(output_dir: Path) -> dict[int, Path]:
+    """The best-weight files under ``output_dir`` by step."""
+    folder = output_dir / BEST_DIR
+    return {int(p.name[len("step-"):-len(".safetensors")]): p
+            for p in (folder.glob("step-*.safetensors") if folder.is_dir() else [])}
 
 
 def _best_step_of(checkpoint: Path) -> int | None:
