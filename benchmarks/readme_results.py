@@ -230,50 +230,34 @@ def general(results: dict[str, Any], source: str) -> list[str]:
 
 
 def small_tasks(results: dict[str, Any], source: str) -> list[str]:
-    """Small labelled tasks: the teacher, the demo's recipe as is and the general student distilled
-    with the same recipe, each task's metric and retention."""
-    shape = results["general_student"]["shape"]
-    rows = []
-    for name, task in results["tasks"].items():
-        demo, general = task["students"]["demo_recipe"], task["students"]["general_student"]
-        rows.append([f"{name} ({task['classes']} classes, {task['train_rows']:,} rows)", task["metric"],
-                     f"{task['teacher']['value']:.3f}", f"{demo['value']:.3f} ({demo['retention']:.3f})",
-                     f"{general['value']:.3f} ({general['retention']:.3f})", f"{general['params_ratio']:.2f}x"])
-    return [f"Measured on {results['date']} by `python -m benchmarks.small_tasks` ({source}, "
-            f"{_machine(results['machine'])}, {_minutes(results['wall_seconds'])} in all): the teacher is the packaged "
-            f"MiniLM fine-tuned on each task; both students are {shape['num_hidden_layers']} x {shape['hidden_size']} "
-            f"and train {results['steps']:,} steps with the demo's recipe ({results['student_recipe']}), one "
-            "extracted from the fine-tuned teacher as the demo does, the other the general student above. "
-            "Each cell is the metric on held-out rows and, in brackets, its retention against the teacher.", "",
-            *_table(["task", "metric", "teacher", "demo recipe as is", "general student, same recipe",
-                     "x fewer params"], rows)]
-
-
-def early_stopping(results: dict[str, Any], source: str) -> list[str]:
-    """Small labelled tasks: the demo's student recipe with today's fixed budget and with kd's
-    validated defaults; each student's test metric, retention and steps."""
-    settings = results["settings"]
+    """Small labelled tasks: the teacher and three 3 x 144 students (the demo's recipe with today's
+    fixed budget, with kd's validated defaults, and the general student with those defaults); each
+    student's test metric, retention and the step of the weights it kept."""
+    settings, shape = results["settings"], results["general_student"]["shape"]
     rows = []
     for name, task in results["tasks"].items():
         teacher = task["teacher"]
-        for label, title in (("fixed_budget", f"fixed: {settings['fixed_steps']:,} steps at "
-                                              f"{settings['fixed_learning_rate']:g}, the last kept"),
-                             ("validated", "validated: kd's defaults, the best kept")):
-            s = task["students"][label]
-            stop = " (stopped early)" if s["stopped_early"] else ""
-            rows.append([f"{name} ({task['classes']} classes, {task['train_rows']:,} rows)", title,
-                         f"{teacher['value']:.3f}", f"{s['value']:.3f}", f"{s['retention']:.3f}",
-                         f"{s['kept_step']:,} of {s['steps']:,}{stop}", f"{s['params_ratio']:.2f}x"])
-    return [f"Measured on {results['date']} by `python -m benchmarks.early_stopping` ({source}, "
+        cells = []
+        for s in task["students"].values():
+            stop = ", stopped early" if s["stopped_early"] else ""
+            cells.append(f"{s['value']:.3f} ({s['retention']:.3f}; {s['kept_step']:,} of {s['steps']:,}{stop})")
+        ratio = {s["params_ratio"] for s in task["students"].values()}
+        rows.append([f"{name} ({task['classes']} classes, {task['train_rows']:,} rows)", task["metric"],
+                     f"{teacher['value']:.3f}", *cells, " / ".join(f"{r:.2f}x" for r in sorted(ratio))])
+    return [f"Measured on {results['date']} by `python -m benchmarks.small_tasks` ({source}, "
             f"{_machine(results['machine'])}, {_minutes(results['wall_seconds'])} in all). Per task one teacher, "
             f"the packaged MiniLM fine-tuned with validation ({settings['validation_split']:.0%} of the training rows "
-            f"held out, up to {settings['teacher_epochs']} epochs, patience {settings['teacher_patience']}); two "
-            f"3 x 144 students from the demo's recipe ({results['student_recipe']}). The validated one is scored on "
-            f"the held-out rows every epoch, up to {settings['student_epochs']} epochs, patience "
-            f"{settings['student_patience']}, at the default learning rate for its size. The metric is on the "
-            "task's test rows, which no choice read.", "",
-            *_table(["task", "student budget", "teacher", "student", "retention", "step kept, of steps",
-                     "x fewer params"], rows)]
+            f"held out, up to {settings['teacher_epochs']} epochs, patience {settings['teacher_patience']}); three "
+            f"{shape['num_hidden_layers']} x {shape['hidden_size']} students with the demo's objective "
+            f"({results['student_recipe']}): extracted from that teacher and trained with today's fixed budget "
+            f"({settings['fixed_steps']:,} steps at {settings['fixed_learning_rate']:g}, the last weights kept); "
+            f"extracted and trained with kd's validated defaults (scored on the held-out rows every epoch, up to "
+            f"{settings['student_epochs']} epochs, patience {settings['student_patience']}, the default learning "
+            "rate for the size, the best weights kept); and the general student of the previous section with the "
+            "same defaults. Each cell: the metric on the task's test rows, which no choice read, then its retention "
+            "against the teacher and the step of the weights kept, of the steps trained.", "",
+            *_table(["task", "metric", "teacher", "extracted, fixed budget", "extracted, validated",
+                     "general student, validated", "x fewer params"], rows)]
 
 
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
@@ -287,7 +271,6 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "squad": ("squad-cpu-x86_64-2cores.json", squad),
     "general": ("general-cpu-x86_64-2threads.json", general),
     "small_tasks": ("small-tasks-cpu-x86_64-2cores.json", small_tasks),
-    "early_stopping": ("early-stopping-cpu-x86_64-2cores.json", early_stopping),
 }
 """Each README block: the results file it is rendered from, and how."""
 
