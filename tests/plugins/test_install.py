@@ -83,6 +83,15 @@ def test_install_packages_one_by_one_into_a_fresh_venv(tmp_path: Path) -> None:
                     "x = torch.zeros(2, 3, 4); print(float(f(x, x + 2, mask=torch.ones(2, 3))))")
     assert check.returncode == 0, check.stderr
     assert float(check.stdout) == pytest.approx(1.5)  # smooth-L1 of a gap of 2 with beta 1
+    assert _names(listing, "loggers") == {"tensorboard": "kd-core", "csv": "kd-plugin-template"}
+    logged = env.run(str(env.python), "-c",
+                     "import pathlib, sys, kd_core; d = pathlib.Path(sys.argv[1]);"
+                     "csv = kd_core.lookup('loggers', 'csv'); t = csv(d, 0);"
+                     "t.log({'step': 1, 'loss': 0.5}, 1); t.log({'step': 2, 'loss': 0.25, 'lr': 1e-3}, 2); t.close();"
+                     "csv(d, 1).close();"  # resumed from step 1: step 2's rows go
+                     "print((d / 'scalars.csv').read_text())", str(tmp_path / "logs"))
+    assert logged.returncode == 0, logged.stderr
+    assert logged.stdout.split() == ["step,name,value", "1,loss,0.5"]
 
     env.pip_install(str(FIXTURES / "kd-test-broken"))
     tolerant = env.run(str(env.kd), "plugins", "--json")

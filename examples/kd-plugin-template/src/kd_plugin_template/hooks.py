@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kd_core import Metric, ShapeError, hookimpl
 from kd_core.hookspecs import Register
+from kd_core.loggers import numeric
 
 
 def smooth_l1_hidden(state_S: torch.Tensor, state_T: torch.Tensor,
@@ -34,6 +39,37 @@ def balanced_accuracy(pred: torch.Tensor, gold: torch.Tensor) -> float:
     a majority class counts no more than a rare one."""
     recalls = [float((pred[gold == label] == label).float().mean()) for label in torch.unique(gold)]
     return sum(recalls) / len(recalls)
+
+
+class CsvLogger:
+    """A tracker (``training.report_to: [csv]``): every scalar of each metrics.jsonl record as a
+    ``step,name,value`` row of ``LOG_DIR/scalars.csv`` (long rows, as records differ in their
+    keys); a resumed run first drops the rows after the step it resumes from."""
+
+    FILE = "scalars.csv"
+
+    def __init__(self, log_dir: Path, start_step: int) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / self.FILE
+        kept: list[list[str]] = []
+        if start_step and path.exists():
+            with path.open(newline="", encoding="utf-8") as f:
+                kept = [row for row in list(csv.reader(f))[1:] if int(row[0]) <= start_step]
+        self._file = path.open("w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
+        self._writer.writerows([["step", "name", "value"], *kept])
+
+    def log(self, record: Mapping[str, float], step: int) -> None:
+        self._writer.writerows([step, name, value] for name, value in numeric(record).items())
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@hookimpl
+def kd_register_loggers(register: Register) -> None:
+    register("csv", CsvLogger)
 
 
 @hookimpl

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kd_core.features import FeaturesAdaptor
 from kd_core.hookspecs import Register, hookimpl
+from kd_core.loggers import TensorBoardLogger
 from kd_core.metrics import BUILTIN_METRICS
 from kd_core.schedulers import ConstantScheduler
 
@@ -26,3 +27,8 @@ def kd_register_adaptors(register: Register) -> None:
 def kd_register_metrics(register: Register) -> None:
     for name, metric in BUILTIN_METRICS.items():
         register(name, metric)
+
+
+@hookimpl
+def kd_register_loggers(register: Register) -> None:
+    register("tensorboard", TensorBoardLogger)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kd_core.errors import ConfigError
+from kd_core.loggers import LOG_DIR
 
 SchedulerSpec = str | list[Any]
 """A scheduler: a registered name (``"none"`` is constant), or ``[name, *args]`` as in
@@ -71,7 +72,8 @@ class TrainingConfig(ConfigModel):
 
     TextBrewer fields: ``gradient_accumulation_steps``, ``ckpt_frequency`` (checkpoints per
     epoch), ``ckpt_epoch_frequency`` (every n-th epoch), ``ckpt_steps`` (every n optimizer steps,
-    required when training by ``num_steps``), ``log_dir``, ``output_dir``, ``device``, ``fp16``,
+    required when training by ``num_steps``), ``log_dir`` (where TensorBoard logs go: setting it
+    alone turns on ``report_to: [tensorboard]``, as in TextBrewer), ``output_dir``, ``device``, ``fp16``,
     ``fp16_opt_level`` (accepted, unused: kd uses torch.autocast, not apex), ``data_parallel``,
     ``local_rank``.
     """
@@ -81,6 +83,7 @@ class TrainingConfig(ConfigModel):
     ckpt_epoch_frequency: int = Field(1, ge=1)
     ckpt_steps: int | None = Field(None, ge=1)
     log_dir: str | None = None
+    """Where the trackers of ``report_to`` write (None: ``OUTPUT/logs``)."""
     output_dir: str = "./saved_models"
     device: str = "cpu"
     fp16: bool = False
@@ -105,11 +108,26 @@ class TrainingConfig(ConfigModel):
     (:func:`kd_core.features.trim_padding`): batches padded to a fixed length cost only their
     longest example. Exact for models that respect ``attention_mask``."""
 
+    report_to: list[str] = Field(default_factory=list)
+    """Experiment trackers that receive every metrics.jsonl record, by registered name
+    (:mod:`kd_core.loggers`; ``tensorboard`` is built in, ``kd plugins`` lists the rest)."""
+
     @model_validator(mode="after")
     def _fp16_alias(self) -> TrainingConfig:
         if self.fp16 and self.mixed_precision == "no":
             object.__setattr__(self, "mixed_precision", "fp16")
         return self
+
+    @model_validator(mode="after")
+    def _textbrewer_log_dir(self) -> TrainingConfig:
+        if self.log_dir is not None and not self.report_to:
+            object.__setattr__(self, "report_to", ["tensorboard"])
+        return self
+
+    @property
+    def logs_path(self) -> Path:
+        """The folder the trackers write to."""
+        return Path(self.log_dir) if self.log_dir is not None else Path(self.output_dir) / LOG_DIR
 
     @property
     def autocast_dtype(self) -> Any:

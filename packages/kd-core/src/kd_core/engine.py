@@ -42,6 +42,8 @@ from kd_core.checkpoint import (
 from kd_core.config import TrainingConfig
 from kd_core.errors import ConfigError, KDError, NonFiniteLossError
 from kd_core.features import Adaptor, as_adaptor, to_device, trim_padding
+from kd_core.loggers import Logger
+from kd_core.plugins import lookup
 from kd_core.validation import Validation
 
 Callback = Callable[..., Any]
@@ -192,7 +194,7 @@ class Engine:
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         metrics = _MetricsLog(self.output_dir / METRICS_FILE, truncate_after=position.global_step,
-                              enabled=self.dist.is_main)
+                              enabled=self.dist.is_main, report_to=t.report_to, log_dir=t.logs_path)
         bar = tqdm(total=total_steps, initial=position.global_step, disable=not (t.progress and self.dist.is_main),
                    desc=type(self).__name__, unit="step", dynamic_ncols=True, mininterval=0.5)
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -514,11 +516,14 @@ def _set_loader_rng_state(dataloader: Any, state: dict[str, Any]) -> None:
 
 
 class _MetricsLog:
-    """``metrics.jsonl``: one JSON object per optimizer step, appended and flushed (by the main
-    process only when training is distributed)."""
+    """``metrics.jsonl``: one JSON object per optimizer step, appended and flushed, and the same
+    record sent to each tracker of ``report_to`` (by the main process only when training is
+    distributed). A resumed run first drops what was written after ``truncate_after``."""
 
-    def __init__(self, path: Path, truncate_after: int, enabled: bool = True) -> None:
+    def __init__(self, path: Path, truncate_after: int, enabled: bool = True, report_to: list[str] | None = None,
+                 log_dir: Path | None = None) -> None:
         self.enabled = enabled
+        self._loggers: list[Logger] = []
         if not enabled:
             return
         kept = []
@@ -530,13 +535,26 @@ class _MetricsLog:
                 except json.JSONDecodeError:
                     continue
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        try:
+            for name in report_to or []:
+                self._loggers.append(lookup("loggers", name)(log_dir or path.parent, truncate_after))
+        except BaseException:
+            self._close_loggers()
+            raise
         self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             self._handle.write(json.dumps(record) + "\n")
             self._handle.flush()
+            for logger in self._loggers:
+                logger.log(record, record["step"])
 
     def close(self) -> None:
         if self.enabled:
             self._handle.close()
+            self._close_loggers()
+
+    def _close_loggers(self) -> None:
+        while self._loggers:
+            self._loggers.pop().close()

@@ -81,6 +81,12 @@ def kd_register_metrics(register: Register) -> None:
 
 
 @hookspec
+def kd_register_loggers(register: Register) -> None:
+    """Register experiment trackers (:mod:`kd_core.loggers`): ``factory(log_dir, start_step) ->
+    Logger``, named by ``training.report_to``; each receives every metrics.jsonl record."""
+
+
+@hookspec
 def kd_register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``kd`` command group (``cli.add_command(...)``). A name that is
     taken (by kd-core's own commands or another plugin) fails, naming both."""

@@ -256,6 +256,10 @@ def _training_line(t: TrainingSpec, model: nn.Module, data: PreparedData) -> str
         every = f"every {t.eval_steps} steps" if t.eval_steps else "every epoch"
         stop = f", stops after {t.patience} without improvement" if t.patience else ""
         line += f"; validation scored {every}, {'the best' if t.keep_best is not False else 'the last'} kept{stop}"
+    for name in t.report_to:
+        lookup("loggers", name)  # an unknown tracker fails the check, naming the registered ones
+    if t.report_to:
+        line += f"; logged to metrics.jsonl and {', '.join(t.report_to)}"
     return line
 
 

@@ -135,9 +135,10 @@ def _finetuned(recipe: Recipe, spec: ModelSpec, directory: Path, base_dir: Path 
 
 def _training_fingerprint(stage: Recipe) -> str:
     """What decides the fine-tuned teacher: the stage's recipe without what only shows or
-    measures it (progress bars, the device, the eval sets)."""
+    measures it (progress bars, trackers, the device, the eval sets)."""
     settings = stage.to_dict()
-    settings["training"] = {k: v for k, v in settings["training"].items() if k not in ("progress", "device")}
+    settings["training"] = {k: v for k, v in settings["training"].items()
+                            if k not in ("progress", "device", "report_to")}
     settings["data"] = {k: v for k, v in settings["data"].items() if k not in ("eval", "extra_eval")}
     settings.pop("eval", None)
     return json.dumps(settings, sort_keys=True)

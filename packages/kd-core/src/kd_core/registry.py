@@ -19,6 +19,7 @@ KINDS: tuple[str, ...] = (
     "augmenters",
     "tasks",
     "metrics",
+    "loggers",
 )
 """Every kind of registered part; ``kd_register_<kind>`` is the hook that fills each one."""
 

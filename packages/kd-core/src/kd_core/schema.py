@@ -294,6 +294,9 @@ class TrainingSpec(ConfigModel):
     """Stop after that many validation scores in a row without improvement (None: never early)."""
     min_delta: float = Field(0.0, ge=0)
     """The least gain over the best score that resets ``patience`` (the best kept is the best score)."""
+    report_to: list[str] = Field(default_factory=list)
+    """Experiment trackers that receive every metrics.jsonl record (``tensorboard``, or a plugin's;
+    :mod:`kd_core.loggers`), writing under ``OUTPUT/logs``."""
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
