@@ -79,8 +79,9 @@ def test_runs_add_learning_curves_smoothed_over_20_steps(tmp_path: Path, tiny_te
     for name, scale in (("teacher-run", 1.0), ("student-run", 2.0)):
         run = tmp_path / name
         run.mkdir()
-        records = [{"step": s, "epoch": s / 30, "kd": scale * s, "loss": scale * s + 1, "lr": 1e-4, "elapsed_s": s}
-                   for s in range(1, 31)]
+        records = [{"step": s, "epoch": s / 30, "kd": scale * s, "loss": scale * s + 1, "lr": 1e-4, "elapsed_s": s,
+                    "examples_per_s": 32.0, **({"validation_accuracy": 0.5} if s % 10 == 0 else {})}
+                   for s in range(1, 31)]  # the last record is scored, as a run with validation ends
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         runs.append(str(run))
     out = tmp_path / "analysis"

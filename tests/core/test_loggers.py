@@ -84,7 +84,8 @@ def test_the_tensorboard_event_file_holds_every_term_of_metrics_jsonl(tmp_path: 
     records = _records(tmp_path)
     assert len(records) == STEPS
     terms = set().union(*records)
-    assert {"loss", "kd", "match0.hidden_mse", "hard_label", "lr", "elapsed_s", "validation_accuracy"} <= terms
+    assert {"loss", "kd", "match0.hidden_mse", "hard_label", "lr", "elapsed_s", "examples_per_s",
+            "validation_accuracy"} <= terms
     _assert_same(_scalars(tmp_path / LOG_DIR), records)
 
 

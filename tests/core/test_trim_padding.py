@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig, lookup
-from kd_core.features import TEACHER_LOGITS, trim_padding
+from kd_core.features import TEACHER_LOGITS, batch_rows, trim_padding
 from tests.core.models import TinyEncoder, TokenDataset
 
 
@@ -85,3 +85,12 @@ def test_trimmed_training_logs_the_losses_of_untrimmed_training(tmp_path: Path) 
     for plain, trimmed in zip(logged[False], logged[True], strict=True):
         for term in ("kd", "hard_label", "match0.hidden_mse", "loss"):
             assert abs(plain[term] - trimmed[term]) < 1e-5, term
+
+
+def test_batch_rows_counts_the_examples_of_any_nesting() -> None:
+    ids = torch.zeros(5, 7, dtype=torch.long)
+    assert batch_rows({"input_ids": ids, "labels": torch.zeros(5)}) == 5
+    assert batch_rows(({"input_ids": ids[:3]}, torch.zeros(3))) == 3  # TextBrewer's tuple batches
+    assert batch_rows([{"meta": "no tensor"}, {"x": torch.zeros(2, 4)}]) == 2
+    assert batch_rows({"scale": torch.tensor(2.0), "x": ids}) == 5  # a 0-dim tensor has no rows
+    assert batch_rows({"names": ["a", "b"]}) == 0

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kd_core import METRICS_FILE
+from kd_core import METRICS_FILE, RECORD_FIELDS
 from kd_core.errors import ConfigError
+from kd_core.validation import PREFIX as VALIDATION_PREFIX
 
-NOT_LOSSES = frozenset({"step", "epoch", "lr", "elapsed_s", "skipped_nonfinite"})
-"""Fields of a metrics.jsonl record that are not loss terms."""
+
+def is_loss_term(field: str) -> bool:
+    """Whether a metrics.jsonl field is a loss term (not the step, time, rate or a validation score)."""
+    return field not in RECORD_FIELDS and not field.startswith(VALIDATION_PREFIX)
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
@@ -32,7 +35,7 @@ def read_curves(run_dir: Path, window: int = 20) -> dict[str, list[tuple[int, fl
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not records:
         raise ConfigError(f"--runs: {path} is empty; the run logged no step")
-    terms = [name for name in records[-1] if name not in NOT_LOSSES]
+    terms = [name for name in records[-1] if is_loss_term(name)]
     curves = {}
     for term in terms:
         points = [(r["step"], r[term]) for r in records if term in r]

@@ -4,7 +4,7 @@ Public names: :func:`lookup` (the one way to get a registered part), :data:`hook
 authors), :func:`get_task` and :func:`get_metric`, :class:`TrainingConfig`,
 :class:`DistillationConfig`, :class:`BasicTrainer`, :class:`BasicDistiller`,
 :class:`GeneralDistiller`, :class:`MultiTeacherDistiller`, :class:`MultiTaskDistiller`,
-:class:`LossPlan`, :class:`Adaptor`, :class:`Metric`, :data:`METRICS_FILE`.
+:class:`LossPlan`, :class:`Adaptor`, :class:`Metric`, :data:`METRICS_FILE`, :data:`RECORD_FIELDS`.
 
 Public modules, which plugins and users may import (``make lint`` holds plugins to them):
 ``kd_core`` itself, ``kd_core.augmentation`` (growing a file with an augmenter),
@@ -28,7 +28,7 @@ from kd_core.distillers import (
     MultiTaskDistiller,
     MultiTeacherDistiller,
 )
-from kd_core.engine import METRICS_FILE
+from kd_core.engine import METRICS_FILE, RECORD_FIELDS
 from kd_core.errors import (
     ConfigError,
     DuplicateNameError,
@@ -49,6 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METRICS_FILE",
+    "RECORD_FIELDS",
     "Adaptor",
     "BasicDistiller",
     "BasicTrainer",

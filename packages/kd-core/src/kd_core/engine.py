@@ -41,7 +41,7 @@ from kd_core.checkpoint import (
 )
 from kd_core.config import TrainingConfig
 from kd_core.errors import ConfigError, KDError, NonFiniteLossError
-from kd_core.features import Adaptor, as_adaptor, to_device, trim_padding
+from kd_core.features import Adaptor, as_adaptor, batch_rows, to_device, trim_padding
 from kd_core.loggers import Logger
 from kd_core.plugins import lookup
 from kd_core.validation import Validation
@@ -49,6 +49,9 @@ from kd_core.validation import Validation
 Callback = Callable[..., Any]
 
 METRICS_FILE = "metrics.jsonl"
+RECORD_FIELDS = frozenset({"step", "epoch", "lr", "elapsed_s", "examples_per_s", "skipped_nonfinite"})
+"""The fields of a metrics.jsonl record that are neither loss terms nor validation metrics
+(``kd_core.validation.PREFIX``): every other field is a loss term (``loss`` their weighted sum)."""
 CHECKPOINTS_DIR = "checkpoints"
 
 
@@ -205,6 +208,7 @@ class Engine:
         started = time.perf_counter()
         sums: dict[str, float] = {}
         pending = 0
+        examples = 0  # this process's, since this call started
         skipped = resume_state.get("skipped_nonfinite", 0) if resume_state else 0
         optimizer.zero_grad(set_to_none=True)
 
@@ -218,6 +222,7 @@ class Engine:
                     if batch_postprocessor is not None:
                         batch = batch_postprocessor(batch)
                     batch = to_device(batch, self.device)
+                    examples += batch_rows(batch)
                     if t.trim_padding:
                         batch = trim_padding(batch)
                     progress = position.global_step / total_steps
@@ -259,7 +264,7 @@ class Engine:
                         **({"skipped_nonfinite": skipped} if t.skip_nonfinite else {}),
                         "lr": optimizer.param_groups[0]["lr"],
                         **(validation.metrics_record() if evaluated else {}),
-                        "elapsed_s": round(time.perf_counter() - started, 3),
+                        **_throughput(examples * self.dist.world_size, time.perf_counter() - started),
                     })
                     bar.update(1)
                     bar.set_postfix(loss=f"{last_loss:.4f}", **(_bar_fields(validation) if validation else {}),
@@ -454,6 +459,12 @@ def _restore_validation(validation: Validation, state: dict[str, Any], output_di
         validation.forget_after(output_dir, step)
         if validation.keep_best and validation.best_step is not None:
             validation.best_weights(output_dir)  # readable now, not only when training ends
+
+
+def _throughput(examples: int, seconds: float) -> dict[str, float]:
+    """The elapsed time and the examples a second over every process since training (re)started."""
+    return {"elapsed_s": round(seconds, 3),
+            **({"examples_per_s": round(examples / seconds, 2)} if examples and seconds > 0 else {})}
 
 
 def _bar_fields(validation: Validation) -> dict[str, str]:

@@ -131,6 +131,19 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     return batch
 
 
+def batch_rows(batch: Any) -> int:
+    """The number of examples in a nested batch: the first dimension of its first tensor (0 when
+    it holds none)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 0
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, tuple | list) else ()
+    for value in values:
+        rows = batch_rows(value)
+        if rows:
+            return rows
+    return 0
+
+
 def trim_padding(batch: Any) -> Any:
     """The batch without the padding columns no example uses: batches padded to a fixed length
     (``padding="max_length"``) shrink to their longest example, so every forward pass does less.
