@@ -41,6 +41,7 @@ from kd_core.errors import ConfigError
 from kd_core.features import TEACHER_LOGITS
 from kd_core.labelling import label_file
 from kd_core.measure import at_chance_warning, measure, measure_against
+from kd_core.model_card import write_model_card
 from kd_core.preflight import Check, check_recipe
 from kd_core.schema import DataFile, DataSpec, ModelSpec, Recipe, StudentSpec, TaskSpec, teacher_name
 from kd_core.tasks import PreparedData, Task, eval_metrics, prepare_data
@@ -86,6 +87,7 @@ def run_train(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = No
         _warn_at_chance(report, report["model"], metric, "fine-tuned model",
                         "Train it longer or at another learning rate, and check the labels of data.train")
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    write_model_card(output_dir / "model", recipe, report, "fine-tuned", getattr(task, "pipeline_tag", None))
     return report
 
 
@@ -210,6 +212,7 @@ def run_distill(recipe: Recipe, output_dir: str | Path, base_dir: Path | None = 
                                     for a in assistants]
         report["student"] = measure_against(task, student, task.adaptor(student), data, recipe, teacher_result)
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    write_model_card(output_dir / "student", recipe, report, "student", getattr(task, "pipeline_tag", None))
     return report
 
 

@@ -58,7 +58,9 @@ class Evaluation:
 
 
 class Task(Protocol):
-    """How to read, batch, build, evaluate and save the models of one kind of problem."""
+    """How to read, batch, build, evaluate and save the models of one kind of problem. A task may
+    also name Hugging Face's ``pipeline_tag`` for it (``text-classification``), which the model
+    cards of the models it saves carry."""
 
     metrics: tuple[str, ...]
     """The metrics the task reports by default; the first is a recipe's ``eval.metric`` when it

@@ -87,6 +87,7 @@ class GeneralTask(SequenceClassificationTask):
     (None: 0.15 for a teacher with a masked-LM head, else 0)."""
 
     name = "general"
+    pipeline_tag = "feature-extraction"
     metrics: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()
 

@@ -183,6 +183,7 @@ class QuestionAnsweringTask(SequenceClassificationTask):
     """
 
     name = "question_answering"
+    pipeline_tag = "question-answering"
     auto_class = AutoModelForQuestionAnswering
     head = "ForQuestionAnswering"
     metrics: tuple[str, ...] = ("f1", "exact_match")

@@ -132,6 +132,7 @@ class SequenceClassificationTask:
     """``sequence_classification``: one label per text or text pair (SST-2, CoLA, MNLI, ...)."""
 
     name = "sequence_classification"
+    pipeline_tag = "text-classification"
     auto_class: Any = AutoModelForSequenceClassification
     head = "ForSequenceClassification"
     metrics: tuple[str, ...] = ("accuracy",)
@@ -268,6 +269,7 @@ class TokenClassificationTask(SequenceClassificationTask):
     """
 
     name = "token_classification"
+    pipeline_tag = "token-classification"
     auto_class = AutoModelForTokenClassification
     head = "ForTokenClassification"
     metrics = ("entity_f1",)
