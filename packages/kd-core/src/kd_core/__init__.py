@@ -11,11 +11,10 @@ Public modules, which plugins and users may import (``make lint`` holds plugins 
 ``kd_core.checkpoint`` (checkpoint files, atomic writes), ``kd_core.config``, ``kd_core.data``
 (reading data files), ``kd_core.distillers``, ``kd_core.errors``, ``kd_core.features`` (the
 Features dict, adaptors), ``kd_core.hookspecs``, ``kd_core.inference`` (running a model over a
-dataset), ``kd_core.labelling`` (teacher logits of a file), ``kd_core.loggers`` (experiment trackers beside
-metrics.jsonl), ``kd_core.loss_plan``,
-``kd_core.metrics``, ``kd_core.model_card`` (the README.md beside every saved model),
-``kd_core.options`` (option types for commands), ``kd_core.paths`` (model
-paths), ``kd_core.schedulers``, ``kd_core.schema`` (a recipe's sections), ``kd_core.size``,
+dataset), ``kd_core.labelling`` (teacher logits of a file), ``kd_core.loggers`` (experiment
+trackers beside metrics.jsonl), ``kd_core.loss_plan``, ``kd_core.metrics``, ``kd_core.model_card``
+(the README.md beside every saved model), ``kd_core.options`` (option types for commands),
+``kd_core.paths`` (model paths), ``kd_core.schedulers``, ``kd_core.schema`` (a recipe's sections), ``kd_core.size``,
 ``kd_core.tasks`` (the Task protocol), ``kd_core.teacher_cache`` and ``kd_core.validation``
 (evaluation during training: the best weights, early stopping). The others (the engine, the
 runs, the CLI, the plugin manager) are kd-core's own and may change without notice.

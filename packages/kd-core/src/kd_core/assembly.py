@@ -193,14 +193,15 @@ def learning_rate(training: TrainingSpec, model: nn.Module) -> float:
     return training.learning_rate or default_learning_rate(sum(p.numel() for p in model.parameters()))
 
 
-def validation_metric(task: Task, recipe: Recipe) -> str:
-    """The metric a validation set is scored with: the recipe's ``eval.metric`` (the task's first
-    by default); a task without metrics (``general``) cannot score one."""
+def validation_metrics(task: Task, recipe: Recipe) -> list[str]:
+    """The metrics a validation set is scored with, the one that decides first: the recipe's
+    ``eval.metric`` (the task's first by default); a task without metrics (``general``) cannot
+    score one."""
     names = eval_metrics(task, recipe.eval.metric)
     if not names:
         raise ConfigError(f"data.validation: task {recipe.task} has no metric to score a validation set with; "
                           "leave validation out")
-    return names[0]
+    return names
 
 
 def validation_for(task: Task, recipe: Recipe, model: nn.Module, adaptor: Adaptor,
@@ -210,7 +211,7 @@ def validation_for(task: Task, recipe: Recipe, model: nn.Module, adaptor: Adapto
     validation set."""
     if data.validation is None:
         return None
-    names = eval_metrics(task, validation_metric(task, recipe))
+    names = validation_metrics(task, recipe)
     metric = get_metric(names[0], task, recipe.task)
     t = recipe.training
     settings = RunSettings(batch_size=t.eval_batch_size or recipe.eval.batch_size, device=t.device)

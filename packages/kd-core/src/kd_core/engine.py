@@ -531,8 +531,7 @@ class _MetricsLog:
     record sent to each tracker of ``report_to`` (by the main process only when training is
     distributed). A resumed run first drops what was written after ``truncate_after``."""
 
-    def __init__(self, path: Path, truncate_after: int, enabled: bool = True, report_to: list[str] | None = None,
-                 log_dir: Path | None = None) -> None:
+    def __init__(self, path: Path, truncate_after: int, enabled: bool, report_to: list[str], log_dir: Path) -> None:
         self.enabled = enabled
         self._loggers: list[Logger] = []
         if not enabled:
@@ -547,8 +546,8 @@ class _MetricsLog:
                     continue
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         try:
-            for name in report_to or []:
-                self._loggers.append(lookup("loggers", name)(log_dir or path.parent, truncate_after))
+            for name in report_to:
+                self._loggers.append(lookup("loggers", name)(log_dir, truncate_after))
         except BaseException:
             self._close_loggers()
             raise

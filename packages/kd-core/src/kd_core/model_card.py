@@ -43,7 +43,12 @@ def _hub_id(model: str) -> str | None:
 def _data_files(recipe: Recipe) -> list[str]:
     data = recipe.data
     files = [data.train, data.validation, data.eval] if data is not None else []
-    return [str(f.path) for f in files if f is not None and getattr(f, "path", None)]
+    return [str(f.path) for f in files if f is not None and f.path]
+
+
+def _eval_path(recipe: Recipe) -> str | None:
+    """The file the report's metrics were measured on."""
+    return str(recipe.data.eval.path) if recipe.data is not None and recipe.data.eval is not None else None
 
 
 def _measured(result: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -73,13 +78,14 @@ def card_metadata(recipe: Recipe, report: dict[str, Any], role: Role, name: str,
     files = _data_files(recipe)
     if files:
         meta["datasets"] = files
-    if model and metric and recipe.data is not None and recipe.data.eval is not None:
-        metrics = [{"type": metric, "value": model["value"], "name": f"{metric} ({recipe.data.eval.path})"}]
+    eval_path = _eval_path(recipe)
+    if model and metric and eval_path:
+        metrics = [{"type": metric, "value": model["value"], "name": f"{metric} ({eval_path})"}]
         if model.get("retention") is not None:
             metrics.append({"type": "retention", "value": model["retention"], "name": f"{metric} / the teacher's"})
         meta["model-index"] = [{"name": name, "results": [{
             "task": {"type": pipeline_tag or recipe.task, "name": recipe.task},
-            "dataset": {"type": str(recipe.data.eval.path), "name": Path(str(recipe.data.eval.path)).name},
+            "dataset": {"type": eval_path, "name": Path(eval_path).name},
             "metrics": metrics}]}]
     meta["kd"] = {
         "version": kd_version(), "role": role, "task": recipe.task, "teacher": teacher, "metric": metric,
@@ -109,8 +115,7 @@ def card_text(recipe: Recipe, report: dict[str, Any], role: Role, name: str,
     rows = [("teacher", info["teacher_measured"]), ("this model", info["model"])] if role == "student" \
         else [("this model", info["model"])]
     if info["model"] and info["metric"]:
-        eval_path = recipe.data.eval.path if recipe.data is not None and recipe.data.eval is not None else "eval"
-        lines += ["", f"Measured on `{eval_path}`:", "",
+        lines += ["", f"Measured on `{_eval_path(recipe)}`:", "",
                   f"| model | {info['metric']} | retention | parameters | latency (ms per batch) |",
                   "|---|---|---|---|---|"]
         for label, result in rows:

@@ -30,7 +30,7 @@ from kd_core.assembly import (
     task_for,
     teacher_recipe,
     train_loader,
-    validation_metric,
+    validation_metrics,
 )
 from kd_core.errors import ConfigError
 from kd_core.features import FeatureNeeds, Features, to_device, trim_padding
@@ -61,6 +61,7 @@ def check_recipe(recipe: Recipe, base_dir: Path | None = None) -> Check:
     started = time.perf_counter()
     task = task_for(recipe)
     _check_metrics(task, recipe)
+    _check_loggers(recipe)
     _check_augment(recipe)
     teachers = load_teachers(task, recipe)
     if recipe.tasks is not None:
@@ -98,6 +99,7 @@ def check_training(recipe: Recipe, base_dir: Path | None = None) -> Check:
     started = time.perf_counter()
     task = task_for(recipe)
     _check_metrics(task, recipe)
+    _check_loggers(recipe)
     check_trainable(recipe)
     recipe = teacher_recipe(recipe, recipe.primary_teacher)
     model = task.load_teacher(recipe.primary_teacher, train_head=True)
@@ -122,7 +124,14 @@ def _check_metrics(task: Task, recipe: Recipe) -> None:
         for name in eval_metrics(task, spec.metric):
             get_metric(name, task, recipe.task)
     if recipe.data is not None and recipe.data.has_validation:
-        validation_metric(task, recipe)
+        validation_metrics(task, recipe)
+
+
+def _check_loggers(recipe: Recipe) -> None:
+    """Every tracker of ``training.report_to`` is registered (an unknown one fails naming those
+    that are)."""
+    for name in recipe.training.report_to:
+        lookup("loggers", name)
 
 
 def _check_augment(recipe: Recipe) -> None:
@@ -256,8 +265,6 @@ def _training_line(t: TrainingSpec, model: nn.Module, data: PreparedData) -> str
         every = f"every {t.eval_steps} steps" if t.eval_steps else "every epoch"
         stop = f", stops after {t.patience} without improvement" if t.patience else ""
         line += f"; validation scored {every}, {'the best' if t.keep_best is not False else 'the last'} kept{stop}"
-    for name in t.report_to:
-        lookup("loggers", name)  # an unknown tracker fails the check, naming the registered ones
     if t.report_to:
         line += f"; logged to metrics.jsonl and {', '.join(t.report_to)}"
     return line
