@@ -12,11 +12,15 @@ engine joins the process group (gloo on CPU, NCCL on CUDA), and:
   model itself (its config, its attention modules for Q/K/V hooks), and the teacher is never
   wrapped or synchronised: every rank runs its own copy in inference;
 - outputs: rank 0 alone writes metrics, checkpoints, the student and reports; every rank reads
-  the same checkpoint when resuming.
+  the same checkpoint when resuming;
+- shutdown: a process group the engine created is destroyed when the process exits (gloo's
+  worker threads otherwise outlive the interpreter and abort the process, now and then, after
+  training finished well).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -99,10 +103,17 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
         if launched_world_size() == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
             return Distributed(), device
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_leave_process_group)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     return Distributed(dist.get_rank(), dist.get_world_size(), active=True), device
+
+
+def _leave_process_group() -> None:
+    """Destroy the default process group kd created, unless the program already did."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class ShardedLoader:

@@ -290,9 +290,11 @@ class Engine:
         finally:
             bar.close()
             metrics.close()
+        if validation is not None:
+            self._finish_validation(validation, position.global_step)
+        self.dist.barrier()  # every rank returns once the main process has written all it writes
         if validation is None:
             return TrainResult(position.global_step, last_loss, last_checkpoint, self.output_dir)
-        self._finish_validation(validation, position.global_step)
         return TrainResult(position.global_step, last_loss, last_checkpoint, self.output_dir, validation.summary())
 
     # -- pieces of the loop --------------------------------------------------------------------
