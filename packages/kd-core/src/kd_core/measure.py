@@ -14,7 +14,7 @@ from kd_core.errors import ConfigError
 from kd_core.features import Adaptor
 from kd_core.inference import RunSettings
 from kd_core.schema import EvalSpec, Recipe
-from kd_core.tasks import Evaluation, PreparedData, Task, eval_metrics
+from kd_core.tasks import Evaluation, PreparedData, Task, eval_metrics, get_metric
 
 AT_CHANCE_MARGIN = 0.05
 """A teacher whose metric is within this of chance's is reported as being at chance level."""
@@ -64,17 +64,21 @@ def measure_against(task: Task, model: nn.Module, adaptor: Adaptor, data: Prepar
                     teacher_result: dict[str, Any], eval_spec: EvalSpec | None = None) -> dict[str, Any]:
     """:func:`measure`, plus the retention against the teacher's result."""
     result = measure(task, model, adaptor, data, recipe, eval_spec)
-    result["retention"] = retention(result["value"], teacher_result["value"])
+    higher = get_metric(eval_metrics(task, (eval_spec or recipe.eval).metric)[0]).greater_is_better
+    result["retention"] = retention(result["value"], teacher_result["value"], higher)
     teacher_sets = teacher_result.get("eval_sets", {})
     for name, entry in result.get("eval_sets", {}).items():
         if name in teacher_sets:
-            entry["retention"] = retention(entry["value"], teacher_sets[name]["value"])
+            entry["retention"] = retention(entry["value"], teacher_sets[name]["value"], higher)
     return result
 
 
-def retention(student: float, teacher: float) -> float | None:
-    """The student's metric as a fraction of the teacher's (None when the teacher's is 0)."""
-    return None if teacher == 0 else round(student / teacher, 4)
+def retention(student: float, teacher: float, greater_is_better: bool = True) -> float | None:
+    """The student's metric as a fraction of the teacher's, or for a metric where lower is better
+    (perplexity) the teacher's as a fraction of the student's: 1 when they are equal, less when
+    the student is worse either way (None when the divisor is 0)."""
+    numerator, divisor = (student, teacher) if greater_is_better else (teacher, student)
+    return None if divisor == 0 else round(numerator / divisor, 4)
 
 
 TEACHER_AT_CHANCE = ("A student's retention against it means nothing. Was its task head trained (kd train, or "
@@ -83,10 +87,18 @@ TEACHER_AT_CHANCE = ("A student's retention against it means nothing. Was its ta
 
 def at_chance_warning(result: dict[str, Any], metric: str, who: str = "teacher",
                       hint: str = TEACHER_AT_CHANCE) -> str | None:
-    """A sentence saying that ``result`` (a :func:`measure`) is at chance level, or None."""
-    if result["value"] > result["chance"] + AT_CHANCE_MARGIN:
-        return None
-    return (f"the {who} scores {result['value']:.4f} {metric} on data.eval, within {AT_CHANCE_MARGIN} of chance "
+    """A sentence saying that ``result`` (a :func:`measure`) is at chance level, or None: within
+    :data:`AT_CHANCE_MARGIN` of chance's value, or for a metric where lower is better (perplexity)
+    not that share below it."""
+    if get_metric(metric).greater_is_better:
+        if result["value"] > result["chance"] + AT_CHANCE_MARGIN:
+            return None
+        within = f"within {AT_CHANCE_MARGIN} of chance"
+    else:
+        if result["value"] < result["chance"] * (1 - AT_CHANCE_MARGIN):
+            return None
+        within = f"not {AT_CHANCE_MARGIN:.0%} below chance"
+    return (f"the {who} scores {result['value']:.4f} {metric} on data.eval, {within} "
             f"({result['chance']:.4f}: the task's trivial prediction, such as always the most frequent label). "
             f"{hint}")
 

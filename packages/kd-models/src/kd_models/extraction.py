@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from kd_core.errors import ConfigError
 from kd_core.features import to_device
-from kd_models.layouts import Layout, encoder_blocks, layout_of, shape_of
+from kd_models.layouts import Layout, encoder_blocks, layout_of, shape_of, stack_of
 from kd_models.students import transformer_student
 
 Method = Literal["rand", "impt", "first"]
@@ -423,3 +423,36 @@ def extract_student(teacher: nn.Module, num_layers: int, hidden_size: int | None
     selection = plan_selection(teacher, layers, hidden_size, intermediate_size, method, importance,
                                hidden_consistency, seed)
     return build_extracted(teacher, selection, hidden_size, intermediate_size)
+
+
+def copy_layers(teacher: nn.Module, student: nn.Module, layers: list[int]) -> nn.Module:
+    """``student`` (of the teacher's class and width, ``len(layers)`` blocks deep) with the teacher's
+    weights: its blocks ``layers``, renumbered from 0, and everything outside the blocks
+    (embeddings, final norm, heads) as it is. Any family whose blocks kd knows
+    (:func:`~kd_models.layouts.stack_of`): encoders and causal LMs alike."""
+    if type(student) is not type(teacher):
+        raise ConfigError(f"copying layers needs a student of the teacher's class {type(teacher).__name__}, not "
+                          f"{type(student).__name__}")
+    base_prefix = "" if teacher.base_model is teacher else teacher.base_model_prefix + "."
+    blocks = f"{base_prefix}{stack_of(teacher).layers}."
+    renumber = {teacher_layer: i for i, teacher_layer in enumerate(layers)}
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in teacher.state_dict().items():
+        if name.startswith(blocks):
+            layer, _, inner = name[len(blocks):].partition(".")
+            if int(layer) not in renumber:
+                continue
+            name = f"{blocks}{renumber[int(layer)]}.{inner}"
+        state[name] = tensor
+    expected = student.state_dict()
+    wrong = [f"{name} {tuple(tensor.shape)} (student {tuple(expected[name].shape)})" for name, tensor in state.items()
+             if name in expected and expected[name].shape != tensor.shape]
+    if wrong:
+        raise ConfigError(f"student.init 'layer_copy' keeps the teacher's width, but the student's weights have other "
+                          f"shapes: {'; '.join(wrong[:3])}. Use etd_rand or etd_impt to shrink the width")
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    missing_parameters = sorted({n for n, _ in student.named_parameters()} & set(missing))
+    if unexpected or missing_parameters:
+        raise RuntimeError(f"layer copy produced a mismatched state dict: missing {missing_parameters}, "
+                           f"unexpected {unexpected}")
+    return student

@@ -6,6 +6,8 @@ from kd_core import hookimpl
 from kd_core.hookspecs import Register
 from kd_models import initializers, students
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
+from kd_models.causal_lm import METRICS as CAUSAL_LM_METRICS
+from kd_models.causal_lm import CausalLMTask
 from kd_models.general import GeneralTask
 from kd_models.question_answering import QuestionAnsweringTask
 from kd_models.squad import METRICS as SQUAD_METRICS
@@ -24,11 +26,12 @@ def kd_register_tasks(register: Register) -> None:
     register("token_classification", TokenClassificationTask())
     register("question_answering", QuestionAnsweringTask())
     register("general", GeneralTask())
+    register("causal_lm", CausalLMTask())
 
 
 @hookimpl
 def kd_register_metrics(register: Register) -> None:
-    for name, metric in SQUAD_METRICS.items():
+    for name, metric in {**SQUAD_METRICS, **CAUSAL_LM_METRICS}.items():
         register(name, metric)
 
 

@@ -4,7 +4,8 @@
 The ``student`` passed in gives the target shape (depth, width, FFN width; the head count must be
 the teacher's); the initializer returns a model of that shape whose weights come from the teacher:
 
-- ``layer_copy``: the teacher's layers at full width (DistilBERT's initialisation);
+- ``layer_copy``: the teacher's layers at full width (DistilBERT's initialisation), for
+  encoders and causal LMs;
 - ``etd_rand``: ETD with randomly chosen dimensions;
 - ``etd_impt``: ETD with the most important dimensions by first-order Taylor importance, measured
   on ``num_batches`` batches of ``data`` (the recipe passes its training data).
@@ -22,8 +23,8 @@ from typing import Any
 from torch import nn
 
 from kd_core.errors import ConfigError
-from kd_models.extraction import LayerSelection, Method, extract_student
-from kd_models.layouts import shape_of
+from kd_models.extraction import LayerSelection, Method, copy_layers, extract_student, select_layers
+from kd_models.layouts import depth_of, shape_of
 
 DEFAULT_IMPORTANCE_BATCHES = 16
 
@@ -51,13 +52,9 @@ def _extract(teacher: nn.Module, student: nn.Module, name: str, method: Method, 
 
 def layer_copy(teacher: nn.Module, student: nn.Module, data: Iterable[Any] | None = None,
                layer_selection: LayerSelection = "uniform") -> nn.Module:
-    """Copy a selection of the teacher's layers at full width (DistilBERT, Sanh et al. 2019)."""
-    _, width, ffn = _target_shape(teacher, student, "layer_copy")
-    _, teacher_width, teacher_ffn, _ = shape_of(teacher)
-    if (width, ffn) != (teacher_width, teacher_ffn):
-        raise ConfigError(f"student.init 'layer_copy' keeps the teacher's width ({teacher_width}, FFN {teacher_ffn}); "
-                          f"the student is {width} wide with FFN {ffn}. Use etd_rand or etd_impt to shrink the width")
-    return _extract(teacher, student, "layer_copy", "first", None, layer_selection, True, 0, None)
+    """Copy a selection of the teacher's layers at full width (DistilBERT, Sanh et al. 2019), for
+    encoders and causal LMs (:data:`~kd_models.layouts.DECODER_STACKS`)."""
+    return copy_layers(teacher, student, select_layers(depth_of(teacher), depth_of(student), layer_selection))
 
 
 def etd_rand(teacher: nn.Module, student: nn.Module, data: Iterable[Any] | None = None,

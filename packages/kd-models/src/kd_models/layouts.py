@@ -1,6 +1,7 @@
-"""Where the parts of a Transformer encoder live, per Hugging Face model family.
+"""Where the parts of a Transformer live, per Hugging Face model family.
 
-Extraction (:mod:`kd_models.extraction`) slices a teacher's weights along three kinds of
+Layer selection needs only where a family keeps its blocks (a :class:`Stack`: every family here,
+encoders and decoders). Extraction (:mod:`kd_models.extraction`) slices a teacher's weights along three kinds of
 dimension: the hidden (residual-stream) dimension, the neurons inside the attention heads of a
 layer, and the FFN neurons of a layer. A :class:`Layout` says which modules carry which of them,
 so one extraction routine serves every family listed in :data:`LAYOUTS`.
@@ -15,8 +16,18 @@ from torch import nn
 from kd_core.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class Layout:
+@dataclass(frozen=True, kw_only=True)
+class Stack:
+    """Where a model family keeps its Transformer blocks: ``layers``, the ModuleList of blocks
+    relative to the model's base model, and ``layers_key``, the config field of its depth. Enough
+    to select whole layers (:func:`kd_models.extraction.copy_layers`) of any family."""
+
+    layers: str
+    layers_key: str = "num_hidden_layers"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout(Stack):
     """Module paths of one encoder family, relative to the model's base model (``model.bert``, ...).
 
     ``layers`` is the ModuleList of blocks; the other paths are relative to one block. The
@@ -24,7 +35,6 @@ class Layout:
     ``width_keys`` are further config fields that must equal the width (ELECTRA's ``embedding_size``).
     """
 
-    layers: str
     query: str
     key: str
     value: str
@@ -34,7 +44,6 @@ class Layout:
     ffn_output: str
     output_norm: str
     embedding_norm: str
-    layers_key: str = "num_hidden_layers"
     hidden_key: str = "hidden_size"
     ffn_key: str = "intermediate_size"
     heads_key: str = "num_attention_heads"
@@ -71,6 +80,15 @@ LAYOUTS: dict[str, Layout] = {
     "distilbert": DISTILBERT_LAYOUT,
 }
 """model_type -> layout, for the families whose weights kd can extract and whose layers it can select."""
+DECODER_STACKS: dict[str, Stack] = {
+    "llama": Stack(layers="layers"),
+    "mistral": Stack(layers="layers"),
+    "qwen2": Stack(layers="layers"),
+    "qwen3": Stack(layers="layers"),
+    "gemma": Stack(layers="layers"),
+    "gpt2": Stack(layers="h", layers_key="n_layer"),
+}
+"""model_type -> stack, for the causal-LM families whose layers kd can select (``layer_copy``)."""
 
 
 def layout_of(model: nn.Module) -> Layout:
@@ -91,6 +109,23 @@ def shape_of(model: nn.Module) -> tuple[int, int, int, int]:
                  (layout.layers_key, layout.hidden_key, layout.ffn_key, layout.heads_key))
 
 
+def stack_of(model: nn.Module) -> Stack:
+    """Where the model keeps its blocks (any family of :data:`LAYOUTS` or :data:`DECODER_STACKS`),
+    or a ConfigError naming the supported families."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    stack = LAYOUTS.get(model_type) or DECODER_STACKS.get(model_type)
+    if stack is None:
+        raise ConfigError(f"cannot select layers of {type(model).__name__} (model_type {model_type!r}); kd knows the "
+                          f"blocks of {', '.join(sorted({*LAYOUTS, *DECODER_STACKS}))}. For another family, add a "
+                          "kd_models.layouts.Stack for it to DECODER_STACKS")
+    return stack
+
+
+def depth_of(model: nn.Module) -> int:
+    """The model's number of Transformer blocks, from its config."""
+    return int(getattr(model.config, stack_of(model).layers_key))
+
+
 def encoder_blocks(model: nn.Module) -> nn.ModuleList:
     """The model's ModuleList of Transformer blocks."""
-    return model.base_model.get_submodule(layout_of(model).layers)
+    return model.base_model.get_submodule(stack_of(model).layers)

@@ -20,7 +20,7 @@ from kd_core.errors import ConfigError, UntrainedHeadError
 from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, Features
 from kd_core.inference import RunSettings, run_model
 from kd_core.labelling import collate_teacher_logits
-from kd_core.paths import looks_like_path, resolve_model_path
+from kd_core.paths import gguf_location, looks_like_path, resolve_model_path
 from kd_core.schema import DataFile, ModelSpec, StudentSpec
 from kd_core.tasks import Evaluation, get_metric
 from kd_models.adaptors import HFAdaptor, RNNAdaptor
@@ -31,8 +31,21 @@ from kd_models.students import transformer_student
 
 @lru_cache(maxsize=8)
 def load_tokenizer(path: str) -> Any:
-    """The tokenizer saved with a model (cached per path)."""
-    return AutoTokenizer.from_pretrained(path)
+    """The tokenizer saved with a model, or held in its GGUF file (cached per path)."""
+    folder, gguf_file = gguf_location(path)
+    return AutoTokenizer.from_pretrained(folder, **_gguf(gguf_file))
+
+
+def _gguf(gguf_file: str | None) -> dict[str, Any]:
+    """``from_pretrained`` arguments that read a GGUF file (``gguf`` package needed)."""
+    if gguf_file is None:
+        return {}
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{gguf_file} is a GGUF file; reading it needs the gguf package: "
+                          "pip install 'kd-models[gguf]'") from None
+    return {"gguf_file": gguf_file}
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -100,14 +113,22 @@ def from_pretrained(auto_class: Any, name: str, where: str, **settings: Any) -> 
     :func:`~kd_core.paths.resolve_model_path` does), and the names of the weights its checkpoint
     did not have (missing, or of another shape), which start random."""
     path = resolve_model_path(name, where=where)
+    folder, gguf_file = gguf_location(path)
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # kd reports the new weights itself
     try:
-        model, info = auto_class.from_pretrained(path, output_loading_info=True, **settings)
+        model, info = auto_class.from_pretrained(folder, output_loading_info=True, **_gguf(gguf_file), **settings)
     except OSError as exc:
         raise _load_error(name, path, where, exc) from None
     finally:
         transformers_logging.set_verbosity(verbosity)
+    if gguf_file is not None:
+        # transformers dequantizes GGUF weights to floats on load but keeps a record of the GGUF
+        # quantizer, which refuses save_pretrained (and students copy the config): the model is a
+        # plain float model, so drop it
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     new = sorted({*info.get("missing_keys", ()), *(key for key, *_ in info.get("mismatched_keys", ()))})
     return model, new
 
@@ -115,8 +136,9 @@ def from_pretrained(auto_class: Any, name: str, where: str, **settings: Any) -> 
 def load_config(name: str, where: str) -> Any:
     """The config of the model ``name``, with errors that say where it was looked for."""
     path = resolve_model_path(name, where=where)
+    folder, gguf_file = gguf_location(path)
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(folder, **_gguf(gguf_file))
     except OSError as exc:
         raise _load_error(name, path, where, exc) from None
 
@@ -215,7 +237,7 @@ class SequenceClassificationTask:
     def _dataset(self, spec: DataFile, tokenizer: Any, max_length: int, base_dir: Path | None,
                  where: str, teacher_spec: ModelSpec) -> TokenizedDataset:
         columns = spec.text_columns
-        path, rows = _read(spec, base_dir, where)
+        path, rows = read_rows(spec, base_dir, where)
         texts = [[str(row[c]) for row in rows] for c in columns]
         encoded = tokenizer(*texts, truncation=True, max_length=max_length)
         classes = _num_classes(teacher_spec) if spec.label is not None else 0
@@ -280,7 +302,7 @@ class TokenClassificationTask(SequenceClassificationTask):
         columns = spec.text_columns
         if len(columns) != 1:
             raise ConfigError(f"{where}.text: a token task reads one column of words, got {columns}")
-        path, rows = _read(spec, base_dir, where)
+        path, rows = read_rows(spec, base_dir, where)
         words = [row[columns[0]] if isinstance(row[columns[0]], list) else str(row[columns[0]]).split()
                  for row in rows]
         encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
@@ -375,7 +397,7 @@ def one_file(spec: DataFile, where: str) -> None:
                               "text of task general")
 
 
-def _read(spec: DataFile, base_dir: Path | None, where: str) -> tuple[Path, list[dict[str, Any]]]:
+def read_rows(spec: DataFile, base_dir: Path | None, where: str) -> tuple[Path, list[dict[str, Any]]]:
     """The data file's path and its rows: the text column(s), the label and the stored logits."""
     one_file(spec, where)
     path = resolve_path(spec.path, base_dir, f"{where}.path")

