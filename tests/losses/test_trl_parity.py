@@ -23,15 +23,21 @@ VOCAB = 37  # odd on purpose; one case below uses SmolLM2's 49,152
 BETAS = {"kl": 0.0, "reverse_kl": 1.0}
 
 
-@pytest.fixture(scope="module")
-def trl_jsd() -> Callable[..., torch.Tensor]:
-    """TRL's loss, from wherever this TRL version keeps GKDTrainer."""
+def trl_generalized_jsd_loss() -> Callable[..., torch.Tensor]:
+    """TRL's ``GKDTrainer.generalized_jsd_loss``, from wherever this TRL version keeps GKDTrainer
+    (benchmarks/causal_lm.py times a distillation step with it)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     try:
         from trl.experimental.gkd import GKDTrainer
     except ImportError:
         from trl import GKDTrainer
     return GKDTrainer.generalized_jsd_loss
+
+
+@pytest.fixture(scope="module")
+def trl_jsd() -> Callable[..., torch.Tensor]:
+    """TRL's loss."""
+    return trl_generalized_jsd_loss()
 
 
 @pytest.fixture(params=["auto", "reference"])

@@ -254,3 +254,108 @@ def test_smollm2_from_its_gguf_file_predicts_wikitext_far_better_than_unigrams()
     # measured: perplexity 41.7 against the unigram's 127.7; accuracy 0.384 against 0.052
     assert evaluation.values["perplexity"] < evaluation.baseline["perplexity"] / 2
     assert evaluation.values["accuracy"] > evaluation.baseline["accuracy"] + 0.2
+
+
+PAIRS = [{"prompt": "Q: where do lobsters live ?", "answer": "In the Atlantic ."},
+         {"prompt": "Q: how long ?", "answer": "Up to 60 cm long , or a little more ."},
+         {"prompt": "Q: colour ?", "answer": "Blue ."}]
+
+
+def _pairs(tmp_path: Path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in PAIRS * 4))
+    return path
+
+
+def _greedy(model, prompt: list[int], eos: int, limit: int) -> list[int]:
+    """Greedy decoding written out: the argmax of the last position, one token at a time."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(limit):
+            token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(token)
+            if token == eos:
+                break
+    return ids[len(prompt):]
+
+
+def test_on_policy_batches_hold_the_students_own_completions(tmp_path: Path, llama_dir: Path, tokenizer) -> None:
+    task = lookup("tasks", "causal_lm")
+    spec = ModelSpec(model=str(llama_dir))
+    on_policy = type(task)(on_policy=1.0, max_new_tokens=6, sampling_temperature=0)
+    data = task.read(DataFile(path=str(_pairs(tmp_path)), text=["prompt", "answer"]), spec, 64, None, "data.train")
+    batch = task.collator(spec)([data[i] for i in range(3)])
+    student = _llama(len(tokenizer), layers=2, seed=3).train()
+    sampled = on_policy.batch_postprocessor(student, spec)(batch)
+    assert student.training, "the student goes back to training mode"
+    for row, pair in enumerate(PAIRS):
+        prompt = tokenizer(pair["prompt"])["input_ids"]
+        completion = _greedy(student.eval(), prompt, tokenizer.eos_token_id, 6)
+        size = len(prompt) + len(completion)
+        assert sampled["input_ids"][row, :size].tolist() == prompt + completion
+        assert sampled["labels"][row, :size].tolist() == [IGNORE] * len(prompt) + completion
+        assert int(sampled["attention_mask"][row].sum()) == size and (sampled["labels"][row, size:] == IGNORE).all()
+    assert type(task)(on_policy=0.0).batch_postprocessor(student, spec) is None, "lambda = 0 is supervised"
+    with pytest.raises(ValueError, match="GKD's lambda"):
+        type(task)(on_policy=1.5)
+
+
+def test_on_policy_draws_lambda_per_batch_from_the_seeded_rng(tmp_path: Path, llama_dir: Path, tokenizer) -> None:
+    task = lookup("tasks", "causal_lm")
+    spec = ModelSpec(model=str(llama_dir))
+    data = task.read(DataFile(path=str(WIKITEXT), limit=10), spec, 16, None, "data.train")
+    batch = task.collator(spec)([data[i] for i in range(2)])
+    student = _llama(len(tokenizer), layers=2, seed=3)
+    sampler = type(task)(on_policy=0.5, max_new_tokens=3).batch_postprocessor(student, spec)
+
+    def draws(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        return [sampler(batch)["input_ids"] for _ in range(12)]
+
+    first, again = draws(0), draws(0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True)), "seeded: the same batches"
+    sampled = [not torch.equal(b, batch["input_ids"]) for b in first]
+    assert 0 < sum(sampled) < len(sampled), "with lambda = 0.5 some batches are the student's, some the data's"
+    for ids in (b for b, s in zip(first, sampled, strict=True) if s):
+        assert torch.equal(ids[:, :8], batch["input_ids"][:, :8]), "packed text: the first half is the prompt"
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_an_on_policy_run_resumes_on_the_same_samples(tmp_path: Path, llama_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    from kd_core.distillers import BasicDistiller
+
+    recipe = yaml.safe_load(_recipe(tmp_path, llama_dir, ckpt_steps=3).read_text())
+    recipe["data"]["train"] = {"path": str(_pairs(tmp_path)), "text": ["prompt", "answer"]}
+    recipe["data"]["eval"] = {"path": str(_pairs(tmp_path)), "text": ["prompt", "answer"], "limit": 3}
+    recipe["task_options"] = {"on_policy": 1.0, "max_new_tokens": 4}
+    path = tmp_path / "on-policy.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    seen: dict[str, list[torch.Tensor]] = {"straight": [], "killed": [], "resumed": []}
+    original, run = BasicDistiller.compute_losses, ["straight"]
+
+    def recording(self, batch, progress):
+        seen[run[0]].append(batch["input_ids"].clone())
+        if run[0] == "killed" and len(seen["killed"]) == 5:
+            raise _Killed
+        return original(self, batch, progress)
+
+    monkeypatch.setattr(BasicDistiller, "compute_losses", recording)
+    runner = CliRunner()
+    assert runner.invoke(build_cli(), ["distill", str(path), "-o", str(tmp_path / "a")]).exit_code == 0
+    run[0] = "killed"
+    assert isinstance(runner.invoke(build_cli(), ["distill", str(path), "-o", str(tmp_path / "b")]).exception, _Killed)
+    run[0] = "resumed"
+    result = runner.invoke(build_cli(), ["distill", str(path), "-o", str(tmp_path / "b"), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert len(seen["resumed"]) == 3, "the resumed run started from its checkpoint after step 3"
+    for a, b in zip(seen["straight"][-3:], seen["resumed"], strict=True):
+        assert torch.equal(a, b), "the resumed run sampled what the uninterrupted one sampled"
+    a = load_file(str(tmp_path / "a" / "student" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "student" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,9 +226,11 @@ def validation_for(task: Task, recipe: Recipe, model: nn.Module, adaptor: Adapto
 
 def optimize(engine: BasicTrainer | GeneralDistiller | MultiTaskDistiller, model: nn.Module,
              training: TrainingSpec, train_data: Any, batches_per_epoch: int, resume: bool,
-             validation: Validation | None = None) -> TrainResult:
+             validation: Validation | None = None,
+             batch_postprocessor: Callable[[Any], Any] | None = None) -> TrainResult:
     """AdamW with linear warm-up and decay over the recipe's steps (or epochs of
-    ``batches_per_epoch`` batches), then ``engine.train`` on ``train_data``."""
+    ``batches_per_epoch`` batches), then ``engine.train`` on ``train_data`` (each batch through
+    ``batch_postprocessor`` first, when given)."""
     t = training
     total = t.num_steps or t.num_epochs * math.ceil(batches_per_epoch / t.gradient_accumulation_steps)
     # the fused kernel updates every parameter in one pass: about 3x faster than foreach on CPU
@@ -239,14 +242,16 @@ def optimize(engine: BasicTrainer | GeneralDistiller | MultiTaskDistiller, model
         scheduler_class=linear_schedule_with_warmup,
         scheduler_args={"num_warmup_steps": int(t.warmup_ratio * total), "num_training_steps": total},
         max_grad_norm=t.max_grad_norm, resume=resume, validation=validation,
+        batch_postprocessor=batch_postprocessor,
     )
 
 
 def fit(engine: BasicTrainer | GeneralDistiller, model: nn.Module, training: TrainingSpec,
-        data: PreparedData, resume: bool, validation: Validation | None = None) -> TrainResult:
+        data: PreparedData, resume: bool, validation: Validation | None = None,
+        batch_postprocessor: Callable[[Any], Any] | None = None) -> TrainResult:
     """:func:`optimize` over the seeded training loader of ``data``."""
     loader = train_loader(data, training)
-    return optimize(engine, model, training, loader, len(loader), resume, validation)
+    return optimize(engine, model, training, loader, len(loader), resume, validation, batch_postprocessor)
 
 
 def linear_schedule_with_warmup(optimizer: torch.optim.Optimizer, num_warmup_steps: int,

@@ -44,7 +44,7 @@ from kd_core.measure import at_chance_warning, measure, measure_against
 from kd_core.model_card import write_model_card
 from kd_core.preflight import Check, check_recipe
 from kd_core.schema import DataFile, DataSpec, ModelSpec, Recipe, StudentSpec, TaskSpec, teacher_name
-from kd_core.tasks import PreparedData, Task, eval_metrics, prepare_data
+from kd_core.tasks import PreparedData, Task, batch_postprocessor, eval_metrics, prepare_data
 from kd_core.validation import BEST_DIR
 
 REPORT_FILE = "report.json"
@@ -331,7 +331,8 @@ def _distill_stage(task: Task, recipe: Recipe, spec: StudentSpec, teachers: dict
     student = build_student(task, spec, first, init_data, recipe.training, where)
     distiller = make_distiller(task, recipe, teachers, student, output_dir)
     validation = validation_for(task, recipe, student, task.adaptor(student), data)
-    result = fit(distiller, student, recipe.training, data, _resumable(output_dir, resume), validation)
+    result = fit(distiller, student, recipe.training, data, _resumable(output_dir, resume), validation,
+                 batch_postprocessor(task, student, recipe.primary_teacher))
     if is_main_process():
         task.save_model(student, output_dir / "student", recipe.primary_teacher)
     return student, result

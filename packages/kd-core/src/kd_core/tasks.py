@@ -105,6 +105,15 @@ class Task(Protocol):
         """The adaptor that reads the multi-task student's head for task ``head``."""
 
 
+def batch_postprocessor(task: Task, student: nn.Module, model: ModelSpec) -> Callable[[Any], Any] | None:
+    """The function a task applies to every training batch before the teacher and the student
+    see it, or None. A task gives one through an optional method of the same name,
+    ``batch_postprocessor(student, model)`` (``model``: the teacher's spec, whose tokenizer the
+    data uses): on-policy distillation replaces completions with the student's samples there."""
+    method = getattr(task, "batch_postprocessor", None)
+    return None if method is None else method(student, model)
+
+
 def get_task(name: str) -> Task:
     """The registered task called ``name``; a ConfigError lists the registered ones."""
     try:

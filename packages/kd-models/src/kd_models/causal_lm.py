@@ -20,6 +20,11 @@ families) token by token.
   initialised with ``layer_copy`` (``layer_selection: uniform``, a list, ...), or a saved
   ``student.model``; saved with ``save_pretrained`` and the teacher's tokenizer, so the student
   loads with ``AutoModelForCausalLM`` and generates with ``generate()``.
+- On-policy distillation (GKD, Agarwal et al. 2024): with ``task_options: {on_policy: lambda}``
+  each training batch is, with probability lambda, replaced by the student's own completions of
+  its prompts (:class:`OnPolicySampler`): the teacher then scores the student's tokens and the
+  loss is taken on them; lambda = 0 (the default) is supervised distillation. ``kd_loss_type:
+  jsd`` with ``kd_loss_params: {beta: ...}`` gives GKD's generalized JSD.
 - Evaluation: ``perplexity`` (exp of the mean negative log-likelihood of the target tokens) and
   ``accuracy`` (how often the most likely next token is the text's). Chance is a unigram model of
   the evaluation set's own target tokens (its perplexity; its most frequent token).
@@ -44,7 +49,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from kd_core.errors import ConfigError
-from kd_core.features import Adaptor, FeatureNeeds
+from kd_core.features import Adaptor, FeatureNeeds, to_device
 from kd_core.inference import RunSettings, run_model
 from kd_core.metrics import Metric
 from kd_core.schema import DataFile, ModelSpec, StudentSpec
@@ -149,13 +154,102 @@ def prompt_completion_examples(rows: list[dict[str, Any]], prompt: str, completi
     return TokenizedDataset(examples)
 
 
+class OnPolicySampler:
+    """GKD's on-policy batches: with probability ``share`` (GKD's lambda, drawn from the global
+    torch RNG, which kd's engine seeds and restores on resume), the completions of a batch are
+    replaced by the student's samples from its prompts.
+
+    A row's prompt is its leading tokens whose labels are -100 (prompt/completion data), or for a
+    row learned whole (packed text) its first ``prompt_length`` tokens (by default half of it).
+    The student samples up to ``max_new_tokens`` tokens at ``temperature`` (0: greedy) in
+    inference mode; a completion ends at its first end-of-sequence token. The new batch is the
+    prompts followed by the samples, padded on the right, labels -100 on the prompts, on the
+    student's device.
+    """
+
+    def __init__(self, student: nn.Module, tokenizer: Any, share: float, max_new_tokens: int, temperature: float,
+                 prompt_length: int | None = None) -> None:
+        self.student = student
+        self.collate = CausalLMCollator(tokenizer)
+        self.eos = tokenizer.eos_token_id
+        if self.eos is None:
+            raise ConfigError("task_options.on_policy: the tokenizer has no end-of-sequence token to end samples with")
+        self.share, self.max_new_tokens, self.temperature = share, max_new_tokens, temperature
+        self.prompt_length = prompt_length
+
+    def prompts(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Each row's prompt tokens (see the class docstring)."""
+        prompts = []
+        for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True):
+            real = int(mask.sum())
+            learned = (labels[:real] != IGNORE).nonzero()
+            size = int(learned[0]) if len(learned) else real
+            if size == 0:
+                size = min(self.prompt_length or max(1, real // 2), real)
+            prompts.append(ids[:size])
+        return prompts
+
+    @torch.no_grad()
+    def sample(self, prompts: list[torch.Tensor]) -> list[list[int]]:
+        """The student's completion of each prompt, up to and including its first end-of-sequence token."""
+        device = next(self.student.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.collate.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):  # on the left, as generation continues every row from its end
+            ids[row, width - len(prompt):] = prompt
+            mask[row, width - len(prompt):] = 1
+        sampling = {"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0} \
+            if self.temperature > 0 else {"do_sample": False}
+        training = self.student.training
+        self.student.eval()
+        try:
+            generated = self.student.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                              max_new_tokens=self.max_new_tokens, pad_token_id=self.collate.pad_id,
+                                              eos_token_id=self.eos, **sampling)[:, width:].cpu()
+        finally:
+            self.student.train(training)
+        completions = []
+        for row in generated.tolist():
+            end = row.index(self.eos) + 1 if self.eos in row else len(row)
+            completions.append(row[:end])
+        return completions
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if float(torch.rand(())) >= self.share:
+            return batch
+        prompts = self.prompts(batch)
+        examples = [{"input_ids": [*prompt.tolist(), *completion], "labels": [IGNORE] * len(prompt) + completion}
+                    for prompt, completion in zip(prompts, self.sample(prompts), strict=True)]
+        return to_device(self.collate(examples), next(self.student.parameters()).device)
+
+
 class CausalLMTask:
-    """``causal_lm``: see the module's docstring."""
+    """``causal_lm``: see the module's docstring. Options (``task_options``): ``on_policy``, GKD's
+    lambda (0: supervised distillation); for the student's samples ``max_new_tokens`` (default
+    128), ``sampling_temperature`` (default 1; 0 samples greedily) and ``prompt_length`` (the
+    prompt of a row learned whole, packed text; default half of the row)."""
 
     name = "causal_lm"
     pipeline_tag = "text-generation"
     metrics: tuple[str, ...] = ("perplexity", "accuracy")
     reads: tuple[str, ...] = ("token_nll", "labels")
+
+    def __init__(self, on_policy: float = 0.0, max_new_tokens: int = 128, sampling_temperature: float = 1.0,
+                 prompt_length: int | None = None) -> None:
+        if not 0 <= on_policy <= 1:
+            raise ValueError(f"on_policy is GKD's lambda, a probability in [0, 1]; got {on_policy}")
+        if max_new_tokens < 1 or sampling_temperature < 0 or (prompt_length is not None and prompt_length < 1):
+            raise ValueError("max_new_tokens and prompt_length must be at least 1, sampling_temperature at least 0")
+        self.on_policy, self.max_new_tokens = on_policy, max_new_tokens
+        self.sampling_temperature, self.prompt_length = sampling_temperature, prompt_length
+
+    def batch_postprocessor(self, student: nn.Module, model: ModelSpec) -> OnPolicySampler | None:
+        """The on-policy sampler when ``on_policy`` > 0 (see :class:`OnPolicySampler`)."""
+        if self.on_policy == 0:
+            return None
+        return OnPolicySampler(student, tokenizer_for(model), self.on_policy, self.max_new_tokens,
+                               self.sampling_temperature, self.prompt_length)
 
     def load_teacher(self, spec: ModelSpec, train_head: bool = False) -> nn.Module:
         """The causal LM ``spec`` names (GGUF files dequantized to floats)."""
