@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from click.testing import CliRunner
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from kd_core import ConfigError, get_task, lookup
 from kd_core.cli import build_cli
@@ -28,10 +28,7 @@ from kd_core.paths import resolve_model_path
 from kd_core.schema import DataFile, ModelSpec, StudentSpec
 from kd_models.causal_lm import IGNORE, CausalLMAdaptor, CausalLMCollator, next_token_labels
 from kd_models.corpus import packed_sequences
-
-ROOT = Path(__file__).resolve().parents[2]
-WIKITEXT = ROOT / "examples" / "data" / "wikitext2" / "valid.txt"
-EOS = "<|endoftext|>"
+from tests.models.tiny import WIKITEXT, tiny_gpt2, tiny_llama, wikitext_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -41,35 +38,13 @@ def _corpus_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """A 300-token byte-level BPE trained on WikiText-2 lines, GPT-2 style (no padding token)."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    lines = [line for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()][:400]
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(lines, vocab_size=300, min_frequency=1, special_tokens=[EOS])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, unk_token=EOS)
-
-
-def _llama(vocab: int, layers: int = 4, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=layers,
-                                        num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                                        max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=0,
-                                        eos_token_id=0)).eval()
-
-
-def _gpt2(vocab: int, layers: int = 4, seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=layers, n_head=4,
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
-                                      eos_token_id=0)).eval()
+    return wikitext_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     directory = tmp_path_factory.mktemp("tiny-llama")
-    _llama(len(tokenizer)).save_pretrained(directory)
+    tiny_llama(len(tokenizer)).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -103,7 +78,7 @@ def test_next_token_labels_shift_the_labels_and_mask_padding(tokenizer) -> None:
     assert torch.equal(next_token_labels(without), labels)
 
 
-@pytest.mark.parametrize("family", [_llama, _gpt2])
+@pytest.mark.parametrize("family", [tiny_llama, tiny_gpt2])
 def test_the_losses_read_next_token_distributions_on_real_targets(tokenizer, family) -> None:
     teacher, student = family(len(tokenizer), seed=0), family(len(tokenizer), layers=2, seed=1)
     batch = _batch(tokenizer, TEXTS)
@@ -181,13 +156,13 @@ def test_lower_is_better_metrics_keep_retention_and_chance_the_right_way_round()
     assert "not 5% below chance" in at_chance_warning({"value": 97.0, "chance": 100.0}, "perplexity")
 
 
-@pytest.mark.parametrize("family", [_llama, _gpt2])
+@pytest.mark.parametrize("family", [tiny_llama, tiny_gpt2])
 def test_layer_copy_selects_decoder_layers_and_keeps_embeddings_tied(tokenizer, family) -> None:
     teacher = family(len(tokenizer))
     task = get_task("causal_lm")
     copied = lookup("initializers", "layer_copy")(teacher, task.build_student(
         StudentSpec(config={"num_hidden_layers": 2}), teacher), layer_selection=[1, 3])
-    stack = "layers" if family is _llama else "h"
+    stack = "layers" if family is tiny_llama else "h"
     blocks_T, blocks_S = teacher.base_model.get_submodule(stack), copied.base_model.get_submodule(stack)
     for kept, original in zip(blocks_S, [blocks_T[1], blocks_T[3]], strict=True):
         for (name, a), (_, b) in zip(kept.state_dict().items(), original.state_dict().items(), strict=True):
@@ -231,6 +206,12 @@ def test_kd_distill_runs_a_causal_lm_whose_student_reloads_and_generates(tmp_pat
     assert generated.shape == (1, prompt["input_ids"].shape[1] + 5)
     card = read_front_matter(tmp_path / "o" / "student" / "README.md")
     assert card["pipeline_tag"] == "text-generation"
+    generations = student["generations"]
+    assert len(generations) == 3 and len(teacher["generations"]) == 3
+    first_prompt = tokenizer(generations[0]["prompt"], add_special_tokens=False)["input_ids"]
+    continuation = _greedy(saved.eval(), first_prompt, tokenizer.eos_token_id, 32)
+    assert generations[0]["continuation"] == tokenizer.decode(continuation, skip_special_tokens=True)
+    assert "## Generations" in (tmp_path / "o" / "student" / "README.md").read_text()
 
 
 def test_a_packaged_gguf_file_is_named_by_package_and_file() -> None:
@@ -285,7 +266,7 @@ def test_on_policy_batches_hold_the_students_own_completions(tmp_path: Path, lla
     on_policy = type(task)(on_policy=1.0, max_new_tokens=6, sampling_temperature=0)
     data = task.read(DataFile(path=str(_pairs(tmp_path)), text=["prompt", "answer"]), spec, 64, None, "data.train")
     batch = task.collator(spec)([data[i] for i in range(3)])
-    student = _llama(len(tokenizer), layers=2, seed=3).train()
+    student = tiny_llama(len(tokenizer), layers=2, seed=3).train()
     sampled = on_policy.batch_postprocessor(student, spec)(batch)
     assert student.training, "the student goes back to training mode"
     for row, pair in enumerate(PAIRS):
@@ -305,7 +286,7 @@ def test_on_policy_draws_lambda_per_batch_from_the_seeded_rng(tmp_path: Path, ll
     spec = ModelSpec(model=str(llama_dir))
     data = task.read(DataFile(path=str(WIKITEXT), limit=10), spec, 16, None, "data.train")
     batch = task.collator(spec)([data[i] for i in range(2)])
-    student = _llama(len(tokenizer), layers=2, seed=3)
+    student = tiny_llama(len(tokenizer), layers=2, seed=3)
     sampler = type(task)(on_policy=0.5, max_new_tokens=3).batch_postprocessor(student, spec)
 
     def draws(seed: int) -> list[torch.Tensor]:

@@ -1,6 +1,9 @@
-"""Tiny random Hugging Face encoders of every family kd-models supports."""
+"""Tiny random Hugging Face encoders of every family kd-models supports, and tiny causal LMs
+(Llama, GPT-2) with a byte-level BPE trained on WikiText-2."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -8,6 +11,8 @@ from torch import nn
 FAMILIES = ("bert", "roberta", "distilbert", "electra", "mpnet", "deberta-v2")
 SDPA_FAMILIES = ("bert", "roberta", "distilbert", "electra")  # MPNet and DeBERTa-v2 run eager only
 VOCAB = 100
+WIKITEXT = Path(__file__).resolve().parents[2] / "examples" / "data" / "wikitext2" / "valid.txt"
+EOS = "<|endoftext|>"
 
 
 def tiny_config(model_type: str, layers: int = 3, hidden: int = 32, heads: int = 4, ffn: int = 64, **extra):
@@ -45,3 +50,36 @@ def tiny_batch(batch: int = 2, length: int = 7, seed: int = 0, labels: str | Non
     elif labels == "token":
         out["labels"] = torch.randint(0, 2, (batch, length), generator=generator).masked_fill(mask == 0, -100)
     return out
+
+
+def wikitext_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE trained on the first 400 lines of WikiText-2, GPT-2 style (its one special
+    token ends sequences; no padding token)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    lines = [line for line in WIKITEXT.read_text(encoding="utf-8").splitlines() if line.strip()][:400]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(lines, vocab_size=vocab_size, min_frequency=1, special_tokens=[EOS])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, unk_token=EOS)
+
+
+def tiny_llama(vocab: int, layers: int = 4, seed: int = 0) -> nn.Module:
+    """A tiny random LlamaForCausalLM (grouped-query attention, tied embeddings) in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=layers,
+                                        num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                        max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=0,
+                                        eos_token_id=0)).eval()
+
+
+def tiny_gpt2(vocab: int, layers: int = 4, seed: int = 0) -> nn.Module:
+    """A tiny random dropout-free GPT2LMHeadModel in eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=layers, n_head=4,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                                      eos_token_id=0)).eval()

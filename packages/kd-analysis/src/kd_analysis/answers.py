@@ -16,28 +16,7 @@ from typing import Any
 
 from kd_analysis.analysis import ANALYSIS_FILE, PREDICTIONS_FILE
 from kd_core.checkpoint import write_text_atomic
-from kd_core.errors import ConfigError
-from kd_core.inference import RunSettings
-from kd_core.schema import DataFile, ModelSpec
-from kd_core.tasks import Evaluation, Task, get_metric
-
-
-def answer_evaluations(task: Task, models: dict[str, str], data: DataFile, max_length: int, settings: RunSettings,
-                       progress: bool) -> tuple[dict[str, Evaluation], list[str]]:
-    """Each model's evaluation on ``data`` (every metric the task reports), each reading the
-    data with its own tokenizer; and each example's text as the task's dataset shows it."""
-    evaluations, texts = {}, []
-    for name, path in models.items():
-        spec = ModelSpec(model=path)
-        network = task.load_teacher(spec)
-        dataset = task.read(data, spec, max_length, None, "--data")
-        run = RunSettings(settings.batch_size, settings.device, f"predict {name}" if progress else None)
-        evaluation = task.evaluate(network, task.adaptor(network), dataset, task.collator(spec), task.metrics, run)
-        if evaluation.predictions is None:
-            raise ConfigError(f"{name}: the task gives no per-example predictions to analyse")
-        evaluations[name] = evaluation
-        texts = list(getattr(dataset, "texts", None) or [""] * len(evaluation.predictions))
-    return evaluations, texts
+from kd_core.tasks import Evaluation, get_metric
 
 
 def analyze_answers(evaluations: dict[str, Evaluation], questions: list[str], output_dir: Path) -> dict[str, Any]:

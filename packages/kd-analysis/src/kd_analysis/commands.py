@@ -9,9 +9,10 @@ from typing import Any
 import click
 
 from kd_analysis.analysis import ANALYSIS_FILE, analyze
-from kd_analysis.answers import analyze_answers, answer_evaluations
+from kd_analysis.answers import analyze_answers
 from kd_analysis.curves import read_curves
-from kd_analysis.predictions import predict, texts_of
+from kd_analysis.predictions import evaluate_models, predict, texts_of
+from kd_analysis.tokens import analyze_tokens
 from kd_core.data import default_text_column, read_records, resolve_path
 from kd_core.errors import ConfigError
 from kd_core.inference import RunSettings
@@ -26,7 +27,7 @@ from kd_core.tasks import get_metric, get_task
 @click.option("--names", default=None, help="Comma-separated names for the models (default: teacher, student-1, ...).")
 @click.option("--data", "-d", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="A labelled TSV/CSV/JSONL file (or CoNLL, with --task token_classification; SQuAD JSON, with "
-                   "--task question_answering -c question -c context -l answers).")
+                   "--task question_answering -c question -c context -l answers; text, with --task causal_lm).")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--text-column", "-c", "text_columns", multiple=True, default=("sentence",), show_default=True,
               help="The text column; twice for a pair.")
@@ -58,6 +59,12 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
     data = DataFile(path=str(resolve_path(data_path, None, "--data")), text=list(text_columns), label=label_column,
                     limit=limit, columns=header.split(",") if header else None)
     registered = get_task(task)
+    if "token_nll" in registered.reads:
+        text = list(text_columns) if text_columns != ("sentence",) else "text"
+        _analyze_tokens(registered, dict(zip(labels, models, strict=True)),
+                        DataFile(path=data.path, text=text, limit=limit, columns=data.columns), output, max_length,
+                        RunSettings(batch_size, device), not quiet)
+        return
     if "answers" in registered.reads:
         _analyze_answers(registered, dict(zip(labels, models, strict=True)), data, output, max_length,
                          RunSettings(batch_size, device), not quiet)
@@ -83,9 +90,23 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
     click.echo(f"written: {output / ANALYSIS_FILE}, predictions.jsonl, {figures}")
 
 
+def _analyze_tokens(task: Any, models: dict[str, str], data: DataFile, output: Path, max_length: int,
+                    settings: RunSettings, progress: bool) -> None:
+    evaluations, _ = evaluate_models(task, models, data, max_length, settings, progress)
+    report = analyze_tokens(evaluations, output)
+    for name, result in report["models"].items():
+        click.echo(f"{name:<14} " + "  ".join(f"{m} {v:.4f}" for m, v in result.items() if m != "baseline"))
+    for name, table in report["comparisons"].items():
+        counts = table["counts"]
+        click.echo(f"{name} vs {report['reference']}: same next token {table['agreement']:.3f} of "
+                   f"{report['tokens']:,} tokens; only {report['reference']} right {counts['only_reference_right']}, "
+                   f"only {name} right {counts['only_model_right']}")
+    click.echo(f"written: {output / ANALYSIS_FILE}, predictions.jsonl")
+
+
 def _analyze_answers(task: Any, models: dict[str, str], data: DataFile, output: Path, max_length: int,
                      settings: RunSettings, progress: bool) -> None:
-    evaluations, texts = answer_evaluations(task, models, data, max_length, settings, progress)
+    evaluations, texts = evaluate_models(task, models, data, max_length, settings, progress)
     report = analyze_answers(evaluations, texts, output)
     for name, result in report["models"].items():
         click.echo(f"{name:<14} " + "  ".join(f"{m} {v:.4f}" for m, v in result.items() if m != "baseline"))

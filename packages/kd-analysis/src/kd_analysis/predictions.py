@@ -1,5 +1,5 @@
-"""Every model's class probabilities on one labelled file, each model reading it with its own
-tokenizer."""
+"""Every model's predictions on one labelled file, each model reading it with its own tokenizer:
+class probabilities, or a task's own evaluation with per-example predictions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from kd_core.errors import ConfigError
 from kd_core.features import FeatureNeeds, Features
 from kd_core.inference import RunSettings, run_model
 from kd_core.schema import DataFile, ModelSpec
-from kd_core.tasks import Task
+from kd_core.tasks import Evaluation, Task
 
 
 @dataclass
@@ -73,3 +73,23 @@ def run_over(task: Task, model: nn.Module, spec: ModelSpec, data: DataFile, need
 def texts_of(rows: list[dict[str, Any]], data: DataFile) -> list[str]:
     """Each example's text as shown in the tables (a pair joined with ' ||| ')."""
     return [" ||| ".join(str(row[c]) for c in data.text_columns) for row in rows]
+
+
+def evaluate_models(task: Task, models: dict[str, str], data: DataFile, max_length: int, settings: RunSettings,
+                       progress: bool) -> tuple[dict[str, Evaluation], list[str]]:
+    """Each model's evaluation on ``data`` (every metric the task reports, with its per-example
+    predictions), each reading the data with its own tokenizer; and each example's text as the
+    task's dataset shows it (empty strings when it shows none). For tasks whose predictions are
+    not one class per example: answers, next tokens."""
+    evaluations, texts = {}, []
+    for name, path in models.items():
+        spec = ModelSpec(model=path)
+        network = task.load_teacher(spec)
+        dataset = task.read(data, spec, max_length, None, "--data")
+        run = RunSettings(settings.batch_size, settings.device, f"predict {name}" if progress else None)
+        evaluation = task.evaluate(network, task.adaptor(network), dataset, task.collator(spec), task.metrics, run)
+        if evaluation.predictions is None:
+            raise ConfigError(f"{name}: the task gives no per-example predictions to analyse")
+        evaluations[name] = evaluation
+        texts = list(getattr(dataset, "texts", None) or [""] * len(evaluation.predictions))
+    return evaluations, texts

@@ -14,7 +14,7 @@ from kd_core.errors import ConfigError
 from kd_core.features import Adaptor
 from kd_core.inference import RunSettings
 from kd_core.schema import EvalSpec, Recipe
-from kd_core.tasks import Evaluation, PreparedData, Task, eval_metrics, get_metric
+from kd_core.tasks import Evaluation, PreparedData, Task, eval_metrics, get_metric, task_samples
 
 AT_CHANCE_MARGIN = 0.05
 """A teacher whose metric is within this of chance's is reported as being at chance level."""
@@ -28,7 +28,8 @@ def measure(task: Task, model: nn.Module, adaptor: Adaptor, data: PreparedData, 
     metric of the task's trivial prediction; a task that reports several metrics adds
     ``metrics`` and ``baseline_metrics``. Then the parameter count and the latency (median
     milliseconds per eval batch) on ``recipe.training.device``; with ``data.extra_eval``,
-    ``eval_sets``: each extra set's ``{"value", "chance", ...}``. ``eval_spec`` replaces the
+    ``eval_sets``: each extra set's ``{"value", "chance", ...}``; and what the task shows of a
+    model beside its metrics (:func:`~kd_core.tasks.task_samples`). ``eval_spec`` replaces the
     recipe's ``eval`` section (a task of a multi-task recipe).
     """
     if data.eval is None:
@@ -44,6 +45,7 @@ def measure(task: Task, model: nn.Module, adaptor: Adaptor, data: PreparedData, 
         # the first batch pays one-off costs (allocations, kernel selection)
         "latency_ms": round(statistics.median(times[1:] or times), 3),
         "latency_device": device_name(torch.device(settings.device)),
+        **task_samples(task, model, data.eval, data.collate, settings),
     }
     if data.extra_eval:
         result["eval_sets"] = {name: _summary(task.evaluate(model, adaptor, dataset, data.collate, names, settings),

@@ -125,8 +125,18 @@ def card_text(recipe: Recipe, report: dict[str, Any], role: Role, name: str,
                 lines.append(f"| {label} | {_number(result.get('value'), '.4f')} | "
                              f"{_number(result.get('retention'), '.3f')} | {_number(result.get('params'), ',')} | "
                              f"{latency}{where} |")
+    generations = (report.get("student" if role == "student" else "model") or {}).get("generations")
+    if generations:
+        lines += ["", "## Generations", "", "Greedy continuations of fixed prompts, as the report gives them:", ""]
+        for sample in generations:
+            lines += [f"- **{_inline(sample['prompt'])}** {_inline(sample['continuation'])}"]
     lines += ["", "## Recipe", "", "```yaml", recipe_to_yaml(recipe).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    """``text`` on one Markdown line, its emphasis marks escaped."""
+    return " ".join(text.split()).replace("*", "\\*").replace("_", "\\_")
 
 
 def write_model_card(directory: Path, recipe: Recipe, report: dict[str, Any], role: Role,

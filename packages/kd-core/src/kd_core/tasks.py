@@ -114,6 +114,15 @@ def batch_postprocessor(task: Task, student: nn.Module, model: ModelSpec) -> Cal
     return None if method is None else method(student, model)
 
 
+def task_samples(task: Task, model: nn.Module, dataset: Dataset, collate: Callable[[list[Any]], Any],
+                 settings: RunSettings) -> dict[str, Any]:
+    """What a report shows of ``model`` beside its metrics, or nothing. A task gives it through an
+    optional method ``samples(model, dataset, collate, settings) -> dict`` (a causal LM's
+    continuations of fixed prompts, under ``generations``)."""
+    method = getattr(task, "samples", None)
+    return {} if method is None else method(model, dataset, collate, settings)
+
+
 def get_task(name: str) -> Task:
     """The registered task called ``name``; a ConfigError lists the registered ones."""
     try:

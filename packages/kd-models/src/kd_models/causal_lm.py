@@ -103,12 +103,28 @@ class CausalLMAdaptor(HFAdaptor):
         return logits, None
 
 
+GENERATIONS = 3
+"""How many evaluation sequences' prompts a report's generations continue by default."""
+GENERATION_PROMPT = 16
+"""The tokens of a packed-text sequence that prompt its generation."""
+
+
+def _prompt_size(example: dict[str, Any]) -> int:
+    """The prompt of an evaluation example: its tokens before the first learned one, or the first
+    :data:`GENERATION_PROMPT` tokens of packed text."""
+    labels = example.get("labels")
+    if labels is not None and labels[0] == IGNORE:
+        return next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+    return min(GENERATION_PROMPT, len(example["input_ids"]))
+
+
 class CausalLMCollator:
     """Pads sequences on the right (with the end-of-sequence token when the tokenizer has no
     padding token: a padded position is never attended to nor learned) and gives ``labels``: the
     examples' own (prompt/completion pairs) or the input ids, -100 on padding."""
 
     def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
             raise ConfigError(f"the tokenizer {type(tokenizer).__name__} has neither a padding nor an "
@@ -228,7 +244,9 @@ class CausalLMTask:
     """``causal_lm``: see the module's docstring. Options (``task_options``): ``on_policy``, GKD's
     lambda (0: supervised distillation); for the student's samples ``max_new_tokens`` (default
     128), ``sampling_temperature`` (default 1; 0 samples greedily) and ``prompt_length`` (the
-    prompt of a row learned whole, packed text; default half of the row)."""
+    prompt of a row learned whole, packed text; default half of the row); for the generations a
+    report shows, ``generation_prompts`` (default: the prompts of the first three evaluation
+    sequences) and ``generation_tokens`` (default 32)."""
 
     name = "causal_lm"
     pipeline_tag = "text-generation"
@@ -236,13 +254,16 @@ class CausalLMTask:
     reads: tuple[str, ...] = ("token_nll", "labels")
 
     def __init__(self, on_policy: float = 0.0, max_new_tokens: int = 128, sampling_temperature: float = 1.0,
-                 prompt_length: int | None = None) -> None:
+                 prompt_length: int | None = None, generation_prompts: list[str] | None = None,
+                 generation_tokens: int = 32) -> None:
         if not 0 <= on_policy <= 1:
             raise ValueError(f"on_policy is GKD's lambda, a probability in [0, 1]; got {on_policy}")
-        if max_new_tokens < 1 or sampling_temperature < 0 or (prompt_length is not None and prompt_length < 1):
-            raise ValueError("max_new_tokens and prompt_length must be at least 1, sampling_temperature at least 0")
+        if min(max_new_tokens, generation_tokens, prompt_length or 1) < 1 or sampling_temperature < 0:
+            raise ValueError("max_new_tokens, generation_tokens and prompt_length must be at least 1, "
+                             "sampling_temperature at least 0")
         self.on_policy, self.max_new_tokens = on_policy, max_new_tokens
         self.sampling_temperature, self.prompt_length = sampling_temperature, prompt_length
+        self.generation_prompts, self.generation_tokens = generation_prompts, generation_tokens
 
     def batch_postprocessor(self, student: nn.Module, model: ModelSpec) -> OnPolicySampler | None:
         """The on-policy sampler when ``on_policy`` > 0 (see :class:`OnPolicySampler`)."""
@@ -291,7 +312,9 @@ class CausalLMTask:
                  metrics: Sequence[str], settings: RunSettings) -> Evaluation:
         """Each metric over the target tokens of ``dataset``: ``token_nll`` metrics read every
         target token's negative log-likelihood, ``labels`` metrics the most likely next token
-        against the text's; the baseline is a unigram model of the targets themselves."""
+        against the text's; the baseline is a unigram model of the targets themselves. The
+        predictions are each sequence's most likely next tokens at its target positions, the
+        references its target tokens (``kd analyze`` compares models token by token with them)."""
         chosen = {name: get_metric(name, self, self.name) for name in metrics}
         nll: list[torch.Tensor] = []
         predicted: list[torch.Tensor] = []
@@ -299,13 +322,12 @@ class CausalLMTask:
         clock: list[float] = []
         for _, features in run_model(model, adaptor, dataset, collate, FeatureNeeds({"logits": set()}), settings,
                                      clock=clock):
-            labels = features["labels"]
-            keep = labels != IGNORE
-            logits = features["logits"][keep].float()
-            gold = labels[keep]
-            nll.append(F.cross_entropy(logits, gold, reduction="none").cpu())
-            predicted.append(logits.argmax(-1).cpu())
-            targets.append(gold.cpu())
+            for logits, labels in zip(features["logits"], features["labels"], strict=True):
+                keep = labels != IGNORE
+                scored, gold = logits[keep].float(), labels[keep]
+                nll.append(F.cross_entropy(scored, gold, reduction="none").cpu())
+                predicted.append(scored.argmax(-1).cpu())
+                targets.append(gold.cpu())
         token_nll, gold = torch.cat(nll), torch.cat(targets)
         if not len(gold):
             raise ConfigError("task causal_lm: the evaluation set has no target tokens to score")
@@ -318,7 +340,29 @@ class CausalLMTask:
                 values[name], baseline[name] = metric(token_nll, gold), metric(unigram_nll, gold)
             else:
                 values[name], baseline[name] = metric(torch.cat(predicted), gold), metric(majority, gold)
-        return Evaluation(values, baseline, clock)
+        return Evaluation(values, baseline, clock, predicted, targets)
+
+    def samples(self, model: nn.Module, dataset: Any, collate: CausalLMCollator,
+                settings: RunSettings) -> dict[str, Any]:
+        """``generations``: the model's greedy continuation (``generation_tokens`` new tokens, up
+        to an end-of-sequence token) of each of the fixed prompts, as text."""
+        tokenizer = collate.tokenizer
+        if self.generation_prompts is not None:
+            prompts = [tokenizer(text)["input_ids"] for text in self.generation_prompts]
+        else:
+            prompts = [row["input_ids"][:size] for row in (dataset[i] for i in range(min(GENERATIONS, len(dataset))))
+                       for size in [_prompt_size(row)]]
+        device = torch.device(settings.device)
+        model.to(device).eval()
+        generations = []
+        with torch.no_grad():
+            for prompt in prompts:
+                output = model.generate(input_ids=torch.tensor([prompt], device=device), do_sample=False,
+                                        max_new_tokens=self.generation_tokens, pad_token_id=collate.pad_id,
+                                        eos_token_id=tokenizer.eos_token_id)[0, len(prompt):]
+                generations.append({"prompt": tokenizer.decode(prompt),
+                                    "continuation": tokenizer.decode(output, skip_special_tokens=True)})
+        return {"generations": generations}
 
     def save_model(self, model: nn.Module, directory: Path, teacher_spec: ModelSpec) -> None:
         directory.mkdir(parents=True, exist_ok=True)
