@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,16 @@ def test_textbrewer_example_runs_its_published_config_unchanged(tmp_path: Path, 
     student = json.loads((out / "student" / "config.json").read_text())
     assert (student["num_hidden_layers"], student["hidden_size"], student["intermediate_size"]) == (4, 312, 1200)
     assert report["student"]["retention"] is not None
+
+
+def test_the_trainer_script_distils_and_evaluates(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    script = RECIPES.parent / "scripts" / "trainer_distillation.py"
+    done = subprocess.run([sys.executable, str(script), "--teacher", str(tiny_teacher_dir), "--output",
+                           str(tmp_path / "run"), "--max-steps", "3", "--limit", "48"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eval_accuracy" in done.stdout
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run")
+    assert saved.config.num_hidden_layers == 2, "every other layer of the 4-layer teacher"
