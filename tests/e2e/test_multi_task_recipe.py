@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from kd_core.cli import build_cli
+from kd_core.model_card import read_front_matter
 from tests.conftest import save_tiny_bert
 
 
@@ -59,6 +60,15 @@ def test_two_tasks_one_student(tmp_path: Path, tiny_teacher_dir: Path, minilm_pa
     batch = {"input_ids": torch.tensor([[101, 2023, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
     assert student(**batch, task="length").logits.shape == (1, 3)
     assert student(**batch, task="sentiment").logits.shape == (1, 2)
+
+    card = read_front_matter(tmp_path / "out" / "student" / "README.md")
+    results = {r["task"]["name"]: r for r in card["model-index"][0]["results"]}
+    assert set(results) == {"sentiment", "length"}
+    value = report["tasks"]["length"]["student"]["value"]
+    assert results["length"]["metrics"][0] == {"type": "macro_f1", "value": value,
+                                               "name": f"length macro_f1 ({tmp_path / 'lengths.tsv'})"}
+    assert card["kd"]["teacher"] == {"sentiment": str(tiny_teacher_dir), "length": str(three)}
+    assert "| length | macro_f1 |" in (tmp_path / "out" / "student" / "README.md").read_text()
 
 
 def test_a_recipe_gives_one_task_or_several_not_both() -> None:

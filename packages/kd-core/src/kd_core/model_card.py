@@ -41,9 +41,23 @@ def _hub_id(model: str) -> str | None:
 
 
 def _data_files(recipe: Recipe) -> list[str]:
-    data = recipe.data
-    files = [data.train, data.validation, data.eval] if data is not None else []
+    sections = [recipe.data] if recipe.data is not None else [t.data for t in (recipe.tasks or {}).values()]
+    files = [f for data in sections for f in (data.train, data.validation, data.eval)]
     return [str(f.path) for f in files if f is not None and f.path]
+
+
+def _task_results(recipe: Recipe, report: dict[str, Any], pipeline_tag: str | None) -> list[dict[str, Any]]:
+    """The model-index results of a multi-task student: one per task, on that task's eval file."""
+    results = []
+    for name, entry in report.get("tasks", {}).items():
+        eval_path, metric, student = str(recipe.tasks[name].data.eval.path), entry["metric"], entry["student"]
+        metrics = [{"type": metric, "value": student["value"], "name": f"{name} {metric} ({eval_path})"}]
+        if student.get("retention") is not None:
+            metrics.append({"type": "retention", "value": student["retention"],
+                            "name": f"{name} {metric} / the teacher's"})
+        results.append({"task": {"type": pipeline_tag or recipe.task, "name": name},
+                        "dataset": {"type": eval_path, "name": Path(eval_path).name}, "metrics": metrics})
+    return results
 
 
 def _eval_path(recipe: Recipe) -> str | None:
@@ -79,7 +93,11 @@ def card_metadata(recipe: Recipe, report: dict[str, Any], role: Role, name: str,
     if files:
         meta["datasets"] = files
     eval_path = _eval_path(recipe)
-    if model and metric and eval_path:
+    if recipe.tasks is not None:
+        results = _task_results(recipe, report, pipeline_tag)
+        if results:
+            meta["model-index"] = [{"name": name, "results": results}]
+    elif model and metric and eval_path:
         metrics = [{"type": metric, "value": model["value"], "name": f"{metric} ({eval_path})"}]
         if model.get("retention") is not None:
             metrics.append({"type": "retention", "value": model["retention"], "name": f"{metric} / the teacher's"})
@@ -92,7 +110,12 @@ def card_metadata(recipe: Recipe, report: dict[str, Any], role: Role, name: str,
         "model": _measured(model), "teacher_measured": _measured(report.get("teacher")),
         "steps": report.get("steps"), "learning_rate": report.get("learning_rate"),
         **({"validation": report["validation"]} if "validation" in report else {}),
+        **({"tasks": {name: {"metric": entry["metric"], "model": _measured(entry["student"]),
+                             "teacher_measured": _measured(entry["teacher"])}
+                      for name, entry in report["tasks"].items()}} if "tasks" in report else {}),
     }
+    if recipe.tasks is not None:
+        meta["kd"]["teacher"] = {name: t.teacher.name or t.teacher.model for name, t in recipe.tasks.items()}
     return meta
 
 
@@ -102,7 +125,10 @@ def card_text(recipe: Recipe, report: dict[str, Any], role: Role, name: str,
     meta = card_metadata(recipe, report, role, name, pipeline_tag)
     info = meta["kd"]
     teacher = info["teacher"]
-    what = (f"distilled from `{teacher}`" if role == "student" else f"`{teacher}` fine-tuned")
+    if isinstance(teacher, dict):  # a multi-task student: one teacher per task
+        what = "distilled from " + ", ".join(f"`{t}` ({name})" for name, t in teacher.items())
+    else:
+        what = (f"distilled from `{teacher}`" if role == "student" else f"`{teacher}` fine-tuned")
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {name}", "",
              f"A `{recipe.task}` model {what} with kd {info['version']}"
              + (f" in {info['steps']:,} optimizer steps at learning rate {info['learning_rate']:g}."
@@ -125,6 +151,14 @@ def card_text(recipe: Recipe, report: dict[str, Any], role: Role, name: str,
                 lines.append(f"| {label} | {_number(result.get('value'), '.4f')} | "
                              f"{_number(result.get('retention'), '.3f')} | {_number(result.get('params'), ',')} | "
                              f"{latency}{where} |")
+    if "tasks" in info:
+        lines += ["", "Measured on each task's evaluation file, with the head of that task:", "",
+                  "| task | metric | teacher | this model | retention | parameters |", "|---|---|---|---|---|---|"]
+        for name, entry in info["tasks"].items():
+            model, teacher_result = entry["model"] or {}, entry["teacher_measured"] or {}
+            lines.append(f"| {name} | {entry['metric']} | {_number(teacher_result.get('value'), '.4f')} | "
+                         f"{_number(model.get('value'), '.4f')} | {_number(model.get('retention'), '.3f')} | "
+                         f"{_number(model.get('params'), ',')} |")
     generations = (report.get("student" if role == "student" else "model") or {}).get("generations")
     if generations:
         lines += ["", "## Generations", "", "Greedy continuations of fixed prompts, as the report gives them:", ""]

@@ -268,6 +268,7 @@ def run_multitask_distill(recipe: Recipe, output_dir: Path, base_dir: Path | Non
                                                  teacher_result, spec.eval)}
         _warn_at_chance(report, teacher_result, metric, f"teacher of task {name}")
     write_text_atomic(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    write_model_card(output_dir / "student", recipe, report, "student", getattr(task, "pipeline_tag", None))
     return report
 
 

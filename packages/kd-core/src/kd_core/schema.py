@@ -332,7 +332,7 @@ class TaskSpec(ConfigModel):
 
 
 class Recipe(ConfigModel):
-    """A whole run. See the README for a commented example.
+    """A whole run. See docs/recipes.md for a commented example.
 
     Either ``data`` and ``teacher`` (one task), or ``tasks`` (name -> data, teacher, eval): a
     multi-task distillation into one student with a head per task.
