@@ -6,7 +6,8 @@ training subset (a corpus that ships in the repository).
     .venv/bin/python -m benchmarks.probing [--demo-output kd-demo-output] [--limit 2000]
 
 Writes benchmarks/results/probing-demo.json (kd probe's probing.json with the run's settings and
-machine) and probing-demo.png, from which the README's probing table is generated.
+machine) and probing-demo.png, from which the probing table of docs/packages/kd-analysis.md is
+generated.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Write the README's result blocks from the committed results files, so that no number in them
-is typed by hand. Each block stands between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``
-and is rendered from the one file :data:`BLOCKS` names::
+"""Write the result blocks of the README and the docs pages from the committed results files, so
+that no number in them is typed by hand. Each block stands between ``<!-- results:NAME -->`` and
+``<!-- /results:NAME -->`` in one page and is rendered from the one file :data:`BLOCKS` names::
 
     .venv/bin/python -m benchmarks.readme_results [--check]
 
@@ -253,11 +253,63 @@ def small_tasks(results: dict[str, Any], source: str) -> list[str]:
             f"({settings['fixed_steps']:,} steps at {settings['fixed_learning_rate']:g}, the last weights kept); "
             f"extracted and trained with kd's validated defaults (scored on the held-out rows every epoch, up to "
             f"{settings['student_epochs']} epochs, patience {settings['student_patience']}, the default learning "
-            "rate for the size, the best weights kept); and the general student of the previous section with the "
+            "rate for the size, the best weights kept); and the general student of docs/tasks/general.md with the "
             "same defaults. Each cell: the metric on the task's test rows, which no choice read, then its retention "
             "against the teacher and the step of the weights kept, of the steps trained.", "",
             *_table(["task", "metric", "teacher", "extracted, fixed budget", "extracted, validated",
                      "general student, validated", "x fewer params"], rows)]
+
+
+def causal_lm(results: dict[str, Any], source: str) -> list[str]:
+    """Decoder distillation: held-out perplexity and next-token accuracy of the teacher, of the
+    untrained layer copy and of the student trained for the same steps distilled and on the plain
+    LM loss; then one training step's time and peak memory with kd's loss and with TRL's."""
+    teacher = results["teacher"]["metrics"]
+    sizes = f"{results['student_params']:,} ({results['student_non_embedding_params']:,})"
+    rows = [["teacher: SmolLM2-135M, 30 layers", _perplexity(teacher["perplexity"]), f"{teacher['accuracy']:.3f}", "",
+             f"{results['teacher_params']:,} ({results['teacher_non_embedding_params']:,})", ""]]
+    titles = {"layer_copy": "student: 10 layers copied (uniform), untrained",
+              "distilled": "student distilled: forward KL at T = 1 + 0.5 x LM loss",
+              "lm_loss": "student on the plain LM loss",
+              "gkd": f"student distilled on-policy (GKD, lambda = {results['gkd_lambda']}): forward KL, no LM loss"}
+    for name, student in results["students"].items():
+        metrics = student["metrics"]
+        kept = round(teacher["perplexity"] / metrics["perplexity"], 3)
+        trained = f"{student['steps']:,} ({_minutes(student['seconds'])})" if student["steps"] else "0"
+        rows.append([titles[name], _perplexity(metrics["perplexity"]), f"{metrics['accuracy']:.3f}", f"{kept:.3f}",
+                     sizes, trained])
+    step = results["step"]
+    batch, length = results["batch"]
+    steps = [[name, f"{s['seconds']:.2f}", f"{s['peak_extra_mib']:,.0f}"]
+             for name, s in (("kd (`kl`: fused `softmax_kl`)", step["kd"]),
+                             ("TRL `generalized_jsd_loss`, beta = 0, x T^2", step["trl"]))]
+    ratio = step["trl"]["seconds"] / step["kd"]["seconds"]
+    return [f"Measured on {results['date']} by `python -m benchmarks.causal_lm` ({source}, "
+            f"{_machine(results['machine'])}, {_minutes(results['wall_seconds'])} in all; {results['recipe']}). "
+            f"Trained on WikiText-2's validation split in batches of {batch} x {length} tokens, every student for "
+            f"the same {results['steps']:,} steps; perplexity and next-token accuracy on the first 300 lines of its "
+            "test split; retention is the teacher's perplexity over the model's; parameters with the non-embedding "
+            "ones in brackets.", "",
+            *_table(["model", "perplexity", "next-token accuracy", "retention", "params", "steps (time)"], rows), "",
+            f"One training step of the distilled student (forward, loss against stored teacher logits over "
+            f"{batch} x {length} x 49,152, backward, AdamW) with each loss, on the same batch: median seconds of "
+            f"3 after a warm-up and the peak resident memory the first step adds (a fresh process each); TRL's "
+            f"step takes {ratio:.2f}x kd's.", "",
+            *_table(["loss", "seconds", "peak extra MiB"], steps), "",
+            "The first greedy generation of each model (32 new tokens after the first 16 tokens of the first "
+            "held-out sequence):", "",
+            *_table(["model", "continuation"], [[name, _text(g["continuation"])]
+                                                 for name, g in results["generations"].items()]),
+            "", f"Prompt: {_text(results['generations']['teacher']['prompt'])}"]
+
+
+def _perplexity(value: float) -> str:
+    return f"{value:.2f}" if value < 1e5 else f"{value:.2e}"
+
+
+def _text(text: str) -> str:
+    """Generated text on one line of Markdown: tokens such as <unk> shown, not read as HTML."""
+    return " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
@@ -271,6 +323,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "squad": ("squad-cpu-x86_64-2cores.json", squad),
     "general": ("general-cpu-x86_64-2threads.json", general),
     "small_tasks": ("small-tasks-cpu-x86_64-2cores.json", small_tasks),
+    "causal_lm": ("causal-lm-cpu-x86_64-2cores.json", causal_lm),
 }
 """Each README block: the results file it is rendered from, and how."""
 
@@ -294,24 +347,40 @@ def update(text: str) -> str:
     return BLOCK.sub(lambda m: render(m.group(1)), text)
 
 
+def pages() -> list[Path]:
+    """The pages that may hold result blocks: the README and every page of the docs site."""
+    return [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite (or with ``--check``, compare) the README's result blocks."""
+    """Rewrite (or with ``--check``, compare) the result blocks of the README and the docs pages;
+    every block of :data:`BLOCKS` must stand in exactly one page."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="Only check that the README is up to date.")
+    parser.add_argument("--check", action="store_true", help="Only check that the pages are up to date.")
     args = parser.parse_args(argv)
-    text = README.read_text(encoding="utf-8")
-    missing = [name for name in BLOCKS if f"<!-- results:{name} -->" not in text]
-    if missing:
-        print(f"README.md lacks the result blocks {', '.join(missing)}")
+    texts = {page: page.read_text(encoding="utf-8") for page in pages()}
+    where: dict[str, list[str]] = {}
+    for page, text in texts.items():
+        for match in BLOCK.finditer(text):
+            where.setdefault(match.group(1), []).append(str(page.relative_to(ROOT)))
+    missing = [name for name in BLOCKS if name not in where]
+    twice = {name: found for name, found in where.items() if len(found) > 1}
+    if missing or twice:
+        print(f"result blocks in no page: {', '.join(missing) or 'none'}; in several: {twice or 'none'}")
         return 1
-    updated = update(text)
-    if args.check:
+    stale = []
+    for page, text in texts.items():
+        updated = update(text)
         if updated != text:
-            print("README.md's result blocks differ from benchmarks/results; run python -m benchmarks.readme_results")
-            return 1
-        return 0
-    README.write_text(updated, encoding="utf-8")
-    print("README.md: result blocks rendered from benchmarks/results")
+            stale.append(str(page.relative_to(ROOT)))
+            if not args.check:
+                page.write_text(updated, encoding="utf-8")
+    if args.check and stale:
+        print(f"{', '.join(stale)}: result blocks differ from benchmarks/results; run python -m "
+              "benchmarks.readme_results")
+        return 1
+    rewritten = ", ".join(stale) or "none"
+    print(f"result blocks rendered from benchmarks/results ({len(where)} blocks; rewritten: {rewritten})")
     return 0
 
 

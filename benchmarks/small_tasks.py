@@ -1,5 +1,6 @@
-"""Small labelled tasks: three ways to a small student, from today's fixed budget to the path the
-README recommends for a new task (a general student, distilled on the task with validation).
+"""Small labelled tasks: three ways to a small student, from today's fixed budget to the paths
+docs/new-task.md describes for a new task (extraction from the fine-tuned teacher, or a general
+student, distilled on the task with validation).
 
     .venv/bin/python -m benchmarks.small_tasks --general runs/general-bench/general/student [--output runs/small-tasks]
 
