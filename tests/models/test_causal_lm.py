@@ -340,3 +340,12 @@ def test_an_on_policy_run_resumes_on_the_same_samples(tmp_path: Path, llama_dir:
     a = load_file(str(tmp_path / "a" / "student" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "student" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_example_recipe_checks_with_a_tiny_teacher(llama_dir: Path) -> None:
+    recipe = Path(__file__).resolve().parents[2] / "examples" / "recipes" / "causal_lm_smollm2.yaml"
+    result = CliRunner().invoke(build_cli(), [
+        "distill", str(recipe), "--check", "--set", f"teacher.model={llama_dir}", "--set", "data.train.limit=40",
+        "--set", "data.eval.limit=10", "--set", "data.max_length=32", "--set", "student.config.num_hidden_layers=2"])
+    assert result.exit_code == 0, result.output
+    assert "check passed" in result.output and "kd          kl" in result.output
