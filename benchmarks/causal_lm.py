@@ -193,15 +193,14 @@ def main() -> None:
     runs = {objective: _run(steps, objective, args.output / objective.replace("_", "-"))
             for objective in ("distilled", "lm_loss", "gkd")}
     steps_compared = compare_steps(args.output / "distilled" / "student", args.output / "step-inputs.pt")
-    report = runs["distilled"]["report"]
+    report, recipe = runs["distilled"]["report"], _recipe(steps)
     results = {
         "date": datetime.date.today().isoformat(),
         "machine": describe_machine(),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "recipe": str(RECIPE.relative_to(ROOT)),
         "steps": steps,
-        "batch": [yaml.safe_load(RECIPE.read_text())["training"]["batch_size"],
-                  yaml.safe_load(RECIPE.read_text())["data"]["max_length"]],
+        "batch": [recipe.training.batch_size, recipe.data.max_length],
         **{k: v for k, v in start.items() if k != "layer_copy"},
         "teacher": {"metrics": report["teacher"]["metrics"], "baseline_metrics": report["teacher"]["baseline_metrics"]},
         "students": {

@@ -28,6 +28,7 @@ from kd_core.paths import resolve_model_path
 from kd_core.schema import DataFile, ModelSpec, StudentSpec
 from kd_models.causal_lm import IGNORE, CausalLMAdaptor, CausalLMCollator, next_token_labels
 from kd_models.corpus import packed_sequences
+from tests.models.interrupted import straight_killed_resumed
 from tests.models.tiny import WIKITEXT, tiny_gpt2, tiny_llama, wikitext_tokenizer
 
 
@@ -301,15 +302,9 @@ def test_on_policy_draws_lambda_per_batch_from_the_seeded_rng(tmp_path: Path, ll
         assert torch.equal(ids[:, :8], batch["input_ids"][:, :8]), "packed text: the first half is the prompt"
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_an_on_policy_run_resumes_on_the_same_samples(tmp_path: Path, llama_dir: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors.torch import load_file
-
-    from kd_core.distillers import BasicDistiller
 
     recipe = yaml.safe_load(_recipe(tmp_path, llama_dir, ckpt_steps=3).read_text())
     recipe["data"]["train"] = {"path": str(_pairs(tmp_path)), "text": ["prompt", "answer"]}
@@ -317,22 +312,7 @@ def test_an_on_policy_run_resumes_on_the_same_samples(tmp_path: Path, llama_dir:
     recipe["task_options"] = {"on_policy": 1.0, "max_new_tokens": 4}
     path = tmp_path / "on-policy.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    seen: dict[str, list[torch.Tensor]] = {"straight": [], "killed": [], "resumed": []}
-    original, run = BasicDistiller.compute_losses, ["straight"]
-
-    def recording(self, batch, progress):
-        seen[run[0]].append(batch["input_ids"].clone())
-        if run[0] == "killed" and len(seen["killed"]) == 5:
-            raise _Killed
-        return original(self, batch, progress)
-
-    monkeypatch.setattr(BasicDistiller, "compute_losses", recording)
-    runner = CliRunner()
-    assert runner.invoke(build_cli(), ["distill", str(path), "-o", str(tmp_path / "a")]).exit_code == 0
-    run[0] = "killed"
-    assert isinstance(runner.invoke(build_cli(), ["distill", str(path), "-o", str(tmp_path / "b")]).exception, _Killed)
-    run[0] = "resumed"
-    result = runner.invoke(build_cli(), ["distill", str(path), "-o", str(tmp_path / "b"), "--resume"])
+    seen, result = straight_killed_resumed(path, tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert len(seen["resumed"]) == 3, "the resumed run started from its checkpoint after step 3"
     for a, b in zip(seen["straight"][-3:], seen["resumed"], strict=True):

@@ -25,6 +25,7 @@ from kd_models import corpus
 from kd_models.corpus import packed_sequences, read_corpus
 from kd_models.general import GeneralTask
 from kd_models.squad import read_contexts
+from tests.models.interrupted import straight_killed_resumed
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "examples" / "recipes"
@@ -393,35 +394,12 @@ def test_a_general_student_takes_the_teachers_classes_under_a_task_head(tiny_enc
     assert student.config.id2label == dict(enumerate(tags)) and student.classifier.out_features == 3
 
 
-class _Killed(Exception):
-    """Stands for the process being killed in the middle of a run."""
-
-
 def test_a_killed_general_run_resumes_on_the_same_sequences(tiny_encoder: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors.torch import load_file
 
-    from kd_core.distillers import BasicDistiller
-
     recipe = _general_recipe(tmp_path, tiny_encoder)
-    seen: dict[str, list[torch.Tensor]] = {"straight": [], "killed": [], "resumed": []}
-    original = BasicDistiller.compute_losses
-    run = ["straight"]
-
-    def recording(self, batch, progress):
-        seen[run[0]].append(batch["input_ids"].clone())
-        if run[0] == "killed" and len(seen["killed"]) == 5:
-            raise _Killed
-        return original(self, batch, progress)
-
-    monkeypatch.setattr(BasicDistiller, "compute_losses", recording)
-    runner = CliRunner()
-    assert runner.invoke(build_cli(), ["distill", str(recipe), "-o", str(tmp_path / "a")]).exit_code == 0
-    run[0] = "killed"
-    killed = runner.invoke(build_cli(), ["distill", str(recipe), "-o", str(tmp_path / "b")])
-    assert isinstance(killed.exception, _Killed)
-    run[0] = "resumed"
-    result = runner.invoke(build_cli(), ["distill", str(recipe), "-o", str(tmp_path / "b"), "--resume"])
+    seen, result = straight_killed_resumed(recipe, tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert len(seen["resumed"]) < len(seen["straight"]), "the resumed run started from its checkpoint"
     for a, b in zip(seen["straight"][-3:], seen["resumed"][-3:], strict=True):

@@ -90,12 +90,17 @@ def analyze_command(models: tuple[str, ...], names: str | None, data_path: Path,
     click.echo(f"written: {output / ANALYSIS_FILE}, predictions.jsonl, {figures}")
 
 
+def _echo_metrics(report: dict[str, Any]) -> None:
+    """One line per model of a task's own metrics (the ones its evaluation reports, baseline left out)."""
+    for name, result in report["models"].items():
+        click.echo(f"{name:<14} " + "  ".join(f"{m} {v:.4f}" for m, v in result.items() if m != "baseline"))
+
+
 def _analyze_tokens(task: Any, models: dict[str, str], data: DataFile, output: Path, max_length: int,
                     settings: RunSettings, progress: bool) -> None:
     evaluations, _ = evaluate_models(task, models, data, max_length, settings, progress)
     report = analyze_tokens(evaluations, output)
-    for name, result in report["models"].items():
-        click.echo(f"{name:<14} " + "  ".join(f"{m} {v:.4f}" for m, v in result.items() if m != "baseline"))
+    _echo_metrics(report)
     for name, table in report["comparisons"].items():
         counts = table["counts"]
         click.echo(f"{name} vs {report['reference']}: same next token {table['agreement']:.3f} of "
@@ -108,8 +113,7 @@ def _analyze_answers(task: Any, models: dict[str, str], data: DataFile, output: 
                      settings: RunSettings, progress: bool) -> None:
     evaluations, texts = evaluate_models(task, models, data, max_length, settings, progress)
     report = analyze_answers(evaluations, texts, output)
-    for name, result in report["models"].items():
-        click.echo(f"{name:<14} " + "  ".join(f"{m} {v:.4f}" for m, v in result.items() if m != "baseline"))
+    _echo_metrics(report)
     for name, table in report["comparisons"].items():
         counts = table["counts"]
         click.echo(f"{name} vs {report['reference']}: same answer {table['agreement']:.3f}, F1 with it "

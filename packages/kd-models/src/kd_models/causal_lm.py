@@ -109,13 +109,12 @@ GENERATION_PROMPT = 16
 """The tokens of a packed-text sequence that prompt its generation."""
 
 
-def _prompt_size(example: dict[str, Any]) -> int:
-    """The prompt of an evaluation example: its tokens before the first learned one, or the first
-    :data:`GENERATION_PROMPT` tokens of packed text."""
-    labels = example.get("labels")
-    if labels is not None and labels[0] == IGNORE:
-        return next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
-    return min(GENERATION_PROMPT, len(example["input_ids"]))
+def prompt_size(labels: Sequence[int], length: int, default: int) -> int:
+    """How many leading tokens of a sequence of ``length`` real tokens are its prompt: those before
+    its first learned label (-100 marks a prompt), or for a sequence learned from its first token
+    (packed text) its first ``default`` tokens."""
+    first = next((i for i, label in enumerate(labels[:length]) if label != IGNORE), length)
+    return first if first else min(default, length)
 
 
 class CausalLMCollator:
@@ -198,11 +197,7 @@ class OnPolicySampler:
         prompts = []
         for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True):
             real = int(mask.sum())
-            learned = (labels[:real] != IGNORE).nonzero()
-            size = int(learned[0]) if len(learned) else real
-            if size == 0:
-                size = min(self.prompt_length or max(1, real // 2), real)
-            prompts.append(ids[:size])
+            prompts.append(ids[:prompt_size(labels.tolist(), real, self.prompt_length or max(1, real // 2))])
         return prompts
 
     @torch.no_grad()
@@ -350,8 +345,9 @@ class CausalLMTask:
         if self.generation_prompts is not None:
             prompts = [tokenizer(text)["input_ids"] for text in self.generation_prompts]
         else:
-            prompts = [row["input_ids"][:size] for row in (dataset[i] for i in range(min(GENERATIONS, len(dataset))))
-                       for size in [_prompt_size(row)]]
+            rows = [dataset[i] for i in range(min(GENERATIONS, len(dataset)))]
+            prompts = [row["input_ids"][:prompt_size(row.get("labels", row["input_ids"]), len(row["input_ids"]),
+                                                     GENERATION_PROMPT)] for row in rows]
         device = torch.device(settings.device)
         model.to(device).eval()
         generations = []

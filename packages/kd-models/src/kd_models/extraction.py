@@ -383,10 +383,16 @@ def build_extracted(teacher: nn.Module, selection: Selection, hidden_size: int, 
             out_role, in_role = _head_roles(teacher, name, module, width, last_stream)
         for param_name, param in module.named_parameters(recurse=False):
             state[f"{target}.{param_name}"] = _slice(param.detach(), selection.of(out_role), selection.of(in_role))
+    return _load_every_parameter(student, state, "extraction")
+
+
+def _load_every_parameter(student: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """``student`` with ``state`` loaded, which must give every parameter and nothing else (buffers
+    a model builds itself, such as position ids, may be left out)."""
     missing, unexpected = student.load_state_dict(state, strict=False)
     missing_parameters = sorted({n for n, _ in student.named_parameters()} & set(missing))
     if unexpected or missing_parameters:
-        raise RuntimeError(f"extraction produced a mismatched state dict: missing {missing_parameters}, "
+        raise RuntimeError(f"{what} produced a mismatched state dict: missing {missing_parameters}, "
                            f"unexpected {unexpected}")
     return student
 
@@ -450,9 +456,4 @@ def copy_layers(teacher: nn.Module, student: nn.Module, layers: list[int]) -> nn
     if wrong:
         raise ConfigError(f"student.init 'layer_copy' keeps the teacher's width, but the student's weights have other "
                           f"shapes: {'; '.join(wrong[:3])}. Use etd_rand or etd_impt to shrink the width")
-    missing, unexpected = student.load_state_dict(state, strict=False)
-    missing_parameters = sorted({n for n, _ in student.named_parameters()} & set(missing))
-    if unexpected or missing_parameters:
-        raise RuntimeError(f"layer copy produced a mismatched state dict: missing {missing_parameters}, "
-                           f"unexpected {unexpected}")
-    return student
+    return _load_every_parameter(student, state, "layer copy")
