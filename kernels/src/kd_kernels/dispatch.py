@@ -80,10 +80,10 @@ def _self_checked(op: str, built: Any) -> Backend:
     from kd_kernels.build import KernelWarning
     from kd_kernels.selfcheck import device_key, remembered_self_check
 
-    verdict = remembered_self_check(op, "cuda", built.path.parent)
+    verdict = remembered_self_check(op, "cuda", built.state_dir)
     if verdict.passed:
-        return Backend("fused", f"{built.name} ({built.path}), self-check passed on {device_key('cuda')}: "
-                                f"{verdict.detail}")
+        return Backend("fused", f"{built.name} ({built.path}; {built.origin}), self-check passed on "
+                                f"{device_key('cuda')}: {verdict.detail}")
     warnings.warn(f"kd-kernels: the fused CUDA {op} failed its self-check on {device_key('cuda')} ({verdict.detail}); "
                   "using the pure-PyTorch reference (KD_KERNELS=fused forces the kernel)", KernelWarning, stacklevel=5)
     return Backend("reference", f"self-check failed on {device_key('cuda')}: {verdict.detail}")
@@ -99,9 +99,9 @@ def _decide(op: str, kind: str, choice: str) -> Backend:
     else:
         built = build.extension(kind)
         if built.loaded and kind == "cpu":
-            return Backend("fused", f"{built.name} ({built.path}, {build.cpu_isa()})")
+            return Backend("fused", f"{built.name} ({built.path}; {built.origin})")
         if built.loaded and choice == "fused":
-            return Backend("fused", f"{built.name} ({built.path}), KD_KERNELS=fused: no self-check")
+            return Backend("fused", f"{built.name} ({built.path}; {built.origin}), KD_KERNELS=fused: no self-check")
         if built.loaded:
             return _self_checked(op, built)
         unavailable = built.error or "not built"

@@ -133,18 +133,20 @@ def device_key(device: torch.device | str) -> str:
     return f"cuda-{name}-sm{major}{minor}"
 
 
-def remembered_self_check(op: str, device: torch.device | str, build_dir: Path) -> Verdict:
-    """``op``'s verdict on ``device`` for the build in ``build_dir``: read from
-    ``selfcheck-<device>.json`` there, or run now and written there."""
-    record = build_dir / f"selfcheck-{device_key(device)}.json"
+def remembered_self_check(op: str, device: torch.device | str, state_dir: Path) -> Verdict:
+    """``op``'s verdict on ``device`` for the build whose state folder is ``state_dir``
+    (:attr:`kd_kernels.build.Extension.state_dir`): read from ``selfcheck-<device>.json`` there,
+    or run now and written there."""
+    record = state_dir / f"selfcheck-{device_key(device)}.json"
     verdicts = _read_verdicts(record)
     if op in verdicts:
         return Verdict(**verdicts[op])
     verdict = run_self_check(op, device)
     verdicts = {**_read_verdicts(record), op: asdict(verdict)}  # another process may have added one meanwhile
-    # a read-only build folder: the check runs again in the next process
+    # an unwritable folder: the check runs again in the next process
     with contextlib.suppress(OSError):
-        fd, temporary = tempfile.mkstemp(dir=build_dir, prefix=f".{record.name}.", suffix=".tmp")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=state_dir, prefix=f".{record.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(json.dumps(verdicts, indent=2) + "\n")
         os.replace(temporary, record)
