@@ -20,7 +20,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): constraints.txt requirements-dev.txt kernels/setup.py $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt torch "setuptools>=64"
+	$(PIP) install --quiet -c constraints.txt torch numpy "setuptools>=64"
 	$(PIP) install --quiet --no-build-isolation -c constraints.txt -e kernels
 	$(PIP) install --quiet -c constraints.txt -r requirements-dev.txt $(foreach p,$(filter-out kernels,$(PACKAGES)),-e $(p))
 	$(PIP) install --quiet --no-deps $(DATA_PACKAGES)

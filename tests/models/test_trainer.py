@@ -6,23 +6,22 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoModelForSequenceClassification, TrainingArguments
 
 from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig
 from kd_core.assembly import linear_schedule_with_warmup
 from kd_core.schema import DataFile, ModelSpec
 from kd_models import DistillationTrainer, HFAdaptor
 from kd_models.tasks import SequenceClassificationTask
-
-STEPS, BATCH, LR = 20, 4, 1e-3
-DISTILLATION = {"temperature": 2, "kd_loss_type": "kl", "hard_label_weight": 0.5,
-                "intermediate_matches": [{"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse",
-                                          "weight": 1, "proj": ["linear", 32, 64]}]}
+from tests.conftest import DEMO_DATA, ROOT
+from tests.models.trainer_worker import BATCH, DISTILLATION, LR, STEPS, arguments, student_of
 
 
 @pytest.fixture
@@ -32,19 +31,7 @@ def setup(tiny_teacher_dir: Path, sst2_dir: Path):
     teacher = task.load_teacher(spec)
     data = task.read(DataFile(path=str(sst2_dir / "train.tsv"), text="sentence", label="label", limit=40), spec, 64,
                      None, "data.train")
-    torch.manual_seed(7)
-    student = AutoModelForSequenceClassification.from_config(
-        type(teacher.config)(**{**teacher.config.to_dict(), "num_hidden_layers": 2, "hidden_size": 32,
-                                "intermediate_size": 64}))
-    return teacher, student, data, task.collator(spec)
-
-
-def _arguments(output: Path, **extra) -> TrainingArguments:
-    settings = {"per_device_train_batch_size": BATCH, "max_steps": STEPS, "learning_rate": LR, "weight_decay": 0.0,
-                "warmup_steps": 0, "lr_scheduler_type": "linear", "max_grad_norm": 1.0, "optim": "adamw_torch",
-                "train_sampling_strategy": "sequential", "logging_steps": 1, "save_strategy": "no",
-                "report_to": "none", "use_cpu": True, "seed": 0, "disable_tqdm": True}
-    return TrainingArguments(output_dir=str(output), **{**settings, **extra})
+    return teacher, student_of(teacher), data, task.collator(spec)
 
 
 def test_the_trainer_distils_as_kd_distill_does(setup, tmp_path: Path) -> None:
@@ -54,7 +41,7 @@ def test_the_trainer_distils_as_kd_distill_does(setup, tmp_path: Path) -> None:
     distiller = GeneralDistiller(TrainingConfig(output_dir=str(tmp_path / "kd"), progress=False, ckpt_steps=STEPS),
                                  config, teacher, ours, HFAdaptor(), HFAdaptor())
     trainer = DistillationTrainer(model=student, teacher_model=teacher, distillation=DISTILLATION,
-                                  args=_arguments(tmp_path / "trainer"), train_dataset=data, data_collator=collate)
+                                  args=arguments(tmp_path / "trainer"), train_dataset=data, data_collator=collate)
     assert [n for n, _ in trainer.loss_plan.named_parameters()], "the linear projection exists"
     trainer.loss_plan.load_state_dict(distiller.loss_plan.state_dict())  # the same random projection
     trainer.train()
@@ -77,14 +64,51 @@ def test_the_trainer_distils_as_kd_distill_does(setup, tmp_path: Path) -> None:
 
 def test_a_trainer_checkpoint_keeps_the_projections(setup, tmp_path: Path) -> None:
     teacher, student, data, collate = setup
-    arguments = _arguments(tmp_path / "run", max_steps=4, save_strategy="steps", save_steps=2)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, distillation=DISTILLATION, args=arguments,
+    checkpointed = arguments(tmp_path / "run", max_steps=4, save_strategy="steps", save_steps=2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, distillation=DISTILLATION, args=checkpointed,
                                   train_dataset=data, data_collator=collate)
     trainer.train()
     saved = torch.load(tmp_path / "run" / "checkpoint-2" / "kd_loss_plan.pt", weights_only=True)
     assert saved.keys() == trainer.loss_plan.state_dict().keys()
     resumed = DistillationTrainer(model=copy.deepcopy(student), teacher_model=teacher, distillation=DISTILLATION,
-                                  args=arguments, train_dataset=data, data_collator=collate)
+                                  args=checkpointed, train_dataset=data, data_collator=collate)
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
     for key, value in trainer.loss_plan.state_dict().items():
         torch.testing.assert_close(resumed.loss_plan.state_dict()[key], value)
+
+
+def _torchrun(processes: int, output: Path, teacher: Path, *args: str) -> dict:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_port", str(29500 + (os.getpid() + processes) % 1000), "-m", "tests.models.trainer_worker",
+               "--teacher", str(teacher), "--data", str(DEMO_DATA / "train.tsv"), "--output", str(output), *args]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return {rank: torch.load(output / f"rank-{rank}.pt", weights_only=True) for rank in range(processes)}
+
+
+def _largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_grad_norm", ["1.0", "0"])
+def test_two_processes_distil_as_one_with_the_global_batch(tiny_teacher_dir: Path, tmp_path: Path,
+                                                          max_grad_norm: str) -> None:
+    """Under torchrun (2 processes, gloo) the Trainer's DDP averages the student's gradients and
+    DistillationTrainer the projections' (before clipping, or before the step without it): the
+    processes stay identical, and end where one process with their global batch ends, far closer
+    than another initial seed."""
+    two = _torchrun(2, tmp_path / "two", tiny_teacher_dir, "--batch-size", "2", "--max-grad-norm", max_grad_norm)
+    one = _torchrun(1, tmp_path / "one", tiny_teacher_dir, "--batch-size", "4", "--max-grad-norm", max_grad_norm)[0]
+    other = _torchrun(1, tmp_path / "other", tiny_teacher_dir, "--batch-size", "4", "--seed", "8",
+                      "--max-grad-norm", max_grad_norm)[0]
+    for part in ("student", "projections"):
+        assert _largest_difference(two[0][part], two[1][part]) == 0, f"the processes' {part} differ"
+        noise = _largest_difference(two[0][part], one[part])
+        assert noise < 1e-5, (part, noise)
+    assert _largest_difference(one["student"], other["student"]) > 1e-2
+    logged_two, logged_one = two[0]["logs"], one["logs"]
+    assert len(logged_two) == STEPS == len(logged_one)
+    for term in ("kd", "hard_label", "match0.hidden_mse"):
+        assert logged_two[0][term] == pytest.approx(logged_one[0][term], rel=1e-5), "terms are means over processes"

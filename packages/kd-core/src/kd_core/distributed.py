@@ -110,6 +110,14 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
     return Distributed(dist.get_rank(), dist.get_world_size(), active=True), device
 
 
+def current() -> Distributed:
+    """This process's place in the process group that already exists (one that another library,
+    such as accelerate under a transformers Trainer, created), or not distributed; joins nothing."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Distributed()
+    return Distributed(dist.get_rank(), dist.get_world_size(), active=True)
+
+
 def _leave_process_group() -> None:
     """Destroy the default process group kd created, unless the program already did."""
     if dist.is_initialized():

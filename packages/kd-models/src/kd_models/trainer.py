@@ -10,8 +10,12 @@ gradient accumulation, mixed precision, checkpoints, logging. What kd adds to th
 - the projections of intermediate matches join the optimizer (``create_optimizer``), are clipped
   with the student (``max_grad_norm`` over both, as in kd's engine), and are saved with every
   Trainer checkpoint (``kd_loss_plan.pt``) and read back on resume;
-- every loss term is logged beside the Trainer's ``loss`` (its mean over the micro-batches since
-  the last log), so TensorBoard, W&B or any ``report_to`` sees them;
+- with several processes (torchrun, accelerate) the Trainer wraps the student in
+  DistributedDataParallel, which knows nothing of the projections: they start from the main
+  process's weights and their gradients are averaged across processes before clipping, as the
+  student's are;
+- every loss term is logged beside the Trainer's ``loss`` (its mean over the micro-batches, and
+  the processes, since the last log), so TensorBoard, W&B or any ``report_to`` sees them;
 - the teacher is moved to the Trainer's device, in inference mode, and never optimised.
 
 Adding distillation to a Trainer script::
@@ -32,6 +36,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from kd_core import distributed
 from kd_core.config import DistillationConfig, TrainingConfig
 from kd_core.distillers import GeneralDistiller
 from kd_core.features import Adaptor
@@ -41,15 +46,21 @@ LOSS_PLAN_FILE = "kd_loss_plan.pt"
 """The projections' weights in a Trainer checkpoint folder."""
 
 
-class _ClearProjectionGradients(TrainerCallback):
-    """The Trainer clears the model's gradients after each optimizer step (``model.zero_grad``),
-    not the optimizer's: the projections' would pile up from step to step without this."""
+class _ProjectionGradients(TrainerCallback):
+    """The projections' gradients around the optimizer step. Without clipping, they are averaged
+    across processes just before it (with clipping, ``_clip_grad_norm`` did it first). After it
+    they are cleared: the Trainer clears the model's gradients (``model.zero_grad``), not the
+    optimizer's, and the projections' would pile up from step to step."""
 
-    def __init__(self, loss_plan: nn.Module) -> None:
-        self.loss_plan = loss_plan
+    def __init__(self, trainer: DistillationTrainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not args.max_grad_norm > 0:
+            self.trainer.average_projection_gradients()
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.loss_plan.zero_grad(set_to_none=True)
+        self.trainer.loss_plan.zero_grad(set_to_none=True)
 
 
 class DistillationTrainer(Trainer):
@@ -77,7 +88,9 @@ class DistillationTrainer(Trainer):
             teacher_model, model, teacher_adaptor or registered.adaptor(teacher_model),
             adaptor or registered.adaptor(model))
         self.distiller.prepare()
-        self.add_callback(_ClearProjectionGradients(self.distiller.loss_plan))
+        self.processes = distributed.current()
+        self.processes.broadcast_module(self.distiller.loss_plan)
+        self.add_callback(_ProjectionGradients(self))
         teacher_model.requires_grad_(False)
         self.loss_is_scaled_for_ga = False  # a mean per micro-batch: the Trainer divides by the accumulation
         self._term_sums: dict[str, float] = {}
@@ -98,8 +111,13 @@ class DistillationTrainer(Trainer):
                 optimizer.add_param_group({"weight_decay": self.args.weight_decay, **group})
         return optimizer
 
+    def average_projection_gradients(self) -> None:
+        """Average the projections' gradients over the processes (DDP averages the student's)."""
+        self.processes.average_gradients([p for p in self.loss_plan.parameters() if p.requires_grad])
+
     def _clip_grad_norm(self, model: nn.Module) -> Any:
         """Clip the student's and the projections' gradients together, as kd's engine does."""
+        self.average_projection_gradients()
         projections = list(self.loss_plan.parameters())
         if not projections or self._has_mixed_mesh_grads(model):
             return super()._clip_grad_norm(model)
@@ -123,9 +141,16 @@ class DistillationTrainer(Trainer):
         return (loss, {"logits": features_S["logits"]}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """The Trainer's logs, with each loss term's mean since the last log (training logs only)."""
+        """The Trainer's logs, with each loss term's mean since the last log over the micro-batches
+        of every process (training logs only; every process logs at the same steps)."""
         if "loss" in logs and self._term_batches:
-            logs = {**logs, **{name: total / self._term_batches for name, total in self._term_sums.items()}}
+            names = sorted(self._term_sums)
+            sums = torch.tensor([self._term_sums[name] for name in names], dtype=torch.float64,
+                                device=self.args.device)
+            if self.processes.world_size > 1:
+                torch.distributed.all_reduce(sums)
+            means = (sums / (self._term_batches * self.processes.world_size)).tolist()
+            logs = {**logs, **dict(zip(names, means, strict=True))}
             self._term_sums, self._term_batches = {}, 0
         super().log(logs, start_time)
 
