@@ -1,12 +1,15 @@
 """The kernel benchmark cases, shared by the timing suite and the memory probe: the issue's
-shapes, and the three implementations compared (the fused op, the eager reference the tests
-check it against, and torch.compile of that same reference)."""
+shapes, and the implementations compared (the fused op, the eager reference the tests check it
+against, and torch.compile of that same reference; for the token-level divergences of decoder
+LMs also TRL's ``generalized_jsd_loss``)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 import kd_kernels
 from kd_kernels import reference
@@ -14,6 +17,11 @@ from kd_kernels import reference
 SOFTMAX_SHAPE = (4096, 30522)  # rows x BERT vocabulary
 SOFTMAX_TEMPERATURE = 4.0
 RELATION_SHAPE = (8, 12, 512, 32)  # value relation: B, H, L, d on both sides
+TOKEN_SHAPE = (4096, 49152)  # next-token rows x SmolLM2's vocabulary
+TOKEN_TEMPERATURE = 2.0
+TOKEN_LOSSES = {"kl": 0.0, "reverse_kl": 1.0, "jsd": 0.5}
+"""The token-level divergences, each with the beta of TRL's generalized JSD that equals it."""
+HIDDEN_SIZE = 576  # SmolLM2-135M's: the fused linear case's hidden states and heads, both sides
 
 
 def softmax_inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,3 +51,77 @@ def softmax_step(function: Callable, student: torch.Tensor, teacher: torch.Tenso
 def relation_step(function: Callable, v_s: torch.Tensor, v_t: torch.Tensor, mask: torch.Tensor) -> None:
     v_s.grad = None
     function(v_s, v_s, v_t, v_t, mask).backward()
+
+
+def token_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    student = (torch.randn(TOKEN_SHAPE, generator=g) * 3).requires_grad_()
+    return student, torch.randn(TOKEN_SHAPE, generator=g) * 3
+
+
+def _eager_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float, reverse: bool) -> torch.Tensor:
+    """``log_softmax`` + ``kl_div``, as a PyTorch user writes the (reverse) KL: T^2 batchmean."""
+    log_s, log_t = F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1)
+    target, given = (log_s, log_t) if reverse else (log_t, log_s)
+    return F.kl_div(given, target, reduction="batchmean", log_target=True) * temperature**2
+
+
+def _trl(student: torch.Tensor, teacher: torch.Tensor, temperature: float, beta: float) -> torch.Tensor:
+    from tests.losses.test_trl_parity import trl_generalized_jsd_loss
+
+    # TRL's loss has no T^2 factor; kd's convention multiplies it in
+    return trl_generalized_jsd_loss()(student, teacher, beta=beta, temperature=temperature) * temperature**2
+
+
+def token_implementations(name: str) -> dict[str, Callable]:
+    """``kd`` (what kd_losses runs: the fused softmax_kl for kl, the chunked reference otherwise),
+    ``eager`` (log_softmax + kl_div; the reference formula for jsd), ``compiled`` (torch.compile of
+    eager) and ``trl`` (TRL's generalized_jsd_loss at the matching beta) of a token divergence,
+    each called as ``f(student, teacher, temperature)``."""
+    beta = TOKEN_LOSSES[name]
+    if name == "jsd":
+        kd = functools.partial(kd_kernels.chunked, functools.partial(reference.jsd, beta=beta))
+        eager = functools.partial(reference.jsd, beta=beta)
+    else:
+        kd = kd_kernels.softmax_kl if name == "kl" else functools.partial(kd_kernels.chunked, reference.reverse_kl)
+        eager = functools.partial(_eager_kl, reverse=name == "reverse_kl")
+    return {"kd": kd, "eager": eager, "compiled": torch.compile(eager), "trl": functools.partial(_trl, beta=beta)}
+
+
+def token_step(function: Callable, student: torch.Tensor, teacher: torch.Tensor) -> None:
+    student.grad = None
+    function(student, teacher, TOKEN_TEMPERATURE).backward()
+
+
+def linear_inputs() -> tuple[torch.Tensor, ...]:
+    """Hidden states [4096, 576] and LM heads [49152, 576] of a student (requiring gradients) and a teacher."""
+    g = torch.Generator().manual_seed(0)
+    rows, vocabulary = TOKEN_SHAPE
+    hidden_S, weight_S = torch.randn(rows, HIDDEN_SIZE, generator=g), torch.randn(vocabulary, HIDDEN_SIZE, generator=g)
+    hidden_T, weight_T = torch.randn(rows, HIDDEN_SIZE, generator=g), torch.randn(vocabulary, HIDDEN_SIZE, generator=g)
+    scale = HIDDEN_SIZE**-0.5 * 3  # logits of about the token cases' spread
+    return hidden_S.requires_grad_(), (weight_S * scale).requires_grad_(), hidden_T, weight_T * scale
+
+
+def linear_implementations(name: str) -> dict[str, Callable]:
+    """``kd`` (:func:`kd_kernels.chunked_linear` of the reference loss) and ``eager`` (the logits of
+    both heads, then the eager loss of :func:`token_implementations`), each called as
+    ``f(hidden_S, weight_S, hidden_T, weight_T, temperature)``."""
+    beta = TOKEN_LOSSES[name]
+    loss = {"kl": functools.partial(reference.softmax_kl, mode="kl"), "reverse_kl": reference.reverse_kl,
+            "jsd": functools.partial(reference.jsd, beta=beta)}[name]
+    eager = token_implementations(name)["eager"]
+
+    def fused(hidden_S, weight_S, hidden_T, weight_T, temperature):
+        return kd_kernels.chunked_linear(loss, hidden_S, weight_S, hidden_T, weight_T, temperature)
+
+    def logits_first(hidden_S, weight_S, hidden_T, weight_T, temperature):
+        return eager(hidden_S @ weight_S.T, hidden_T @ weight_T.T, temperature)
+
+    return {"kd": fused, "eager": logits_first}
+
+
+def linear_step(function: Callable, hidden_S: torch.Tensor, weight_S: torch.Tensor, hidden_T: torch.Tensor,
+                weight_T: torch.Tensor) -> None:
+    hidden_S.grad = weight_S.grad = None
+    function(hidden_S, weight_S, hidden_T, weight_T, TOKEN_TEMPERATURE).backward()

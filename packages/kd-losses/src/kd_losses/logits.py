@@ -3,6 +3,11 @@
 Shapes: logits [B, C] (sequence level) or [B, L, C] (token level) on both sides; ``mask`` over
 rows ([B] or [B, L], 1 = the row counts). ``temperature`` is a float or a per-row tensor ([B] or
 [B, L], as the dynamic-temperature schedulers return).
+
+Memory over large vocabularies: ``ce`` and ``kl`` run the fused ``softmax_kl`` (on CPU it
+writes the student's gradient in its forward and holds nothing else of size [N, V]);
+``reverse_kl`` and ``jsd`` are evaluated a chunk of rows at a time (:func:`kd_kernels.chunked`),
+so that none of them holds another [N, V] tensor beyond the gradient autograd returns.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def reverse_kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tenso
     puts its mass where the teacher is confident rather than covering the teacher's tail.
     Logits [B, C] or [B, L, C], mask [B] or [B, L]."""
     _check("reverse_kl", logits_S, logits_T, mask, temperature)
-    return reference.reverse_kl(logits_S, logits_T, temperature, mask)
+    return kd_kernels.chunked(reference.reverse_kl, logits_S, logits_T, temperature, mask)
 
 
 def jsd(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
@@ -68,7 +73,7 @@ def jsd(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | Non
     (1 - beta) p_S``, ``0 < beta < 1`` (set it with ``kd_loss_params: {beta: ...}``). Logits
     [B, C] or [B, L, C], mask [B] or [B, L]."""
     _check("jsd", logits_S, logits_T, mask, temperature)
-    return reference.jsd(logits_S, logits_T, temperature, mask, beta=beta)
+    return kd_kernels.chunked(reference.jsd, logits_S, logits_T, temperature, mask, beta=beta)
 
 
 LOGIT_LOSSES = {"ce": ce, "kl": kl, "mse": mse, "reverse_kl": reverse_kl, "jsd": jsd}

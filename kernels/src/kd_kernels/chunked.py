@@ -1,0 +1,209 @@
+"""Token-level divergences over large vocabularies, computed a chunk of rows at a time.
+
+A decoder LM's distillation loss reads rows of 49k to 256k logits per token, and an eager
+``log_softmax`` + divergence holds several ``[N, V]`` tensors at once, forward and backward.
+:func:`chunked` evaluates any of kd's row-averaged logit losses (``reference.softmax_kl``,
+``reference.reverse_kl``, ``reference.jsd``: the formulas stay the reference's, written once)
+on ``chunk_rows`` rows at a time and writes the student's gradient in the forward, chunk by
+chunk, into the one ``[N, V]`` buffer autograd must return anyway (Liger-Kernel's approach). The
+loss's extra memory is then O(chunk_rows x V); the backward only scales that buffer (in place,
+unless the graph is kept). The value is the reference's mean over real rows: each chunk's mean
+weighted by its share of the real rows.
+
+:func:`chunked_linear` goes one step further (Liger-Kernel's fused linear JSD is the peer): it
+takes the last hidden states and LM-head weights of both sides and makes each chunk's logits
+itself, so no ``[N, V]`` logits exist at all; its gradients are those of the student's hidden
+states and head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kd_kernels.ops import _concrete, _graph_is_kept, compute_dtype
+
+CHUNK_ELEMENTS = 2**22
+"""Logits per chunk by default (16 MiB of fp32): ``chunk_rows = CHUNK_ELEMENTS // V``."""
+
+RowLoss = Callable[..., torch.Tensor]
+Temperature = float | torch.Tensor
+
+
+def default_chunk_rows(vocabulary: int) -> int:
+    """Rows per chunk for a vocabulary of ``vocabulary`` logits: about :data:`CHUNK_ELEMENTS` logits."""
+    return max(1, CHUNK_ELEMENTS // max(1, vocabulary))
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """The chunked forward (loss and student gradient) and the scaling backward of :func:`chunked`."""
+
+    @staticmethod
+    def forward(ctx: Any, student: torch.Tensor, teacher: torch.Tensor, temperature: Temperature,
+                mask: torch.Tensor | None, loss: RowLoss, chunk_rows: int, options: dict[str, Any]) -> torch.Tensor:
+        rows = student.shape[0]
+        per_row_temperature = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
+        real = rows if mask is None else int(mask.bool().sum())
+        grad = (torch.empty(student.shape, dtype=compute_dtype(student), device=student.device)
+                if ctx.needs_input_grad[0] else None)
+        total = torch.zeros((), dtype=compute_dtype(student), device=student.device)
+        for start in range(0, rows, chunk_rows):
+            piece = slice(start, start + chunk_rows)
+            piece_mask = None if mask is None else mask[piece]
+            count = student[piece].shape[0] if piece_mask is None else int(piece_mask.bool().sum())
+            if count == 0:
+                if grad is not None:
+                    grad[piece].zero_()
+                continue
+            s = student[piece].detach().requires_grad_(grad is not None)
+            with torch.enable_grad():
+                value = loss(s, teacher[piece], temperature[piece] if per_row_temperature else temperature,
+                             piece_mask, **options) * (count / real)
+            if grad is not None:
+                (piece_grad,) = torch.autograd.grad(value, s)
+                grad[piece].copy_(piece_grad)
+            total += value.detach()
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(grad)
+        ctx.student_dtype = student.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor | None) -> tuple:
+        (grad,) = ctx.saved_tensors
+        if grad_loss is None or grad is None:
+            return (None,) * 7
+        if torch.is_grad_enabled():  # create_graph=True: the gradient was computed in the forward, without a graph
+            raise RuntimeError("kd_kernels.chunked computed the student's gradient in the forward and has no double "
+                               "backward (create_graph=True); call the loss itself for it")
+        if _concrete(grad) and _concrete(grad_loss) and not _graph_is_kept():
+            # the graph and its saved gradient are released after this backward: scaled in place
+            if grad_loss.item() != 1.0:
+                grad.mul_(grad_loss)
+        else:  # retain_graph: a later backward reads the saved gradient again
+            grad = grad * grad_loss
+        return grad.to(ctx.student_dtype), None, None, None, None, None, None
+
+
+def chunked(loss: RowLoss, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            temperature: Temperature = 1.0, mask: torch.Tensor | None = None, chunk_rows: int | None = None,
+            **options: Any) -> torch.Tensor:
+    """``loss(student_logits, teacher_logits, temperature, mask, **options)``, a mean over real
+    rows of logits ``[..., V]`` (row mask and per-row temperature ``[...]``), computed
+    ``chunk_rows`` rows at a time (default :func:`default_chunk_rows`) so that its extra memory is
+    O(chunk_rows x V) beyond the student's gradient.
+
+    Runs ``loss`` itself, unchunked, where chunking cannot help or cannot apply: inputs of at most
+    one chunk, a teacher or temperature that requires a gradient (only the student side is
+    differentiated here), or under torch.compile (which traces and fuses the reference). There is
+    no double backward through the chunked path.
+    """
+    vocabulary = student_logits.shape[-1]
+    chunk_rows = chunk_rows or default_chunk_rows(vocabulary)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    rows = student_logits.numel() // max(1, vocabulary)
+    per_row_temperature = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
+    if (rows <= chunk_rows or teacher_logits.requires_grad or torch.compiler.is_compiling()
+            or (isinstance(temperature, torch.Tensor) and temperature.requires_grad)):
+        return loss(student_logits, teacher_logits, temperature, mask, **options)
+    return _ChunkedLoss.apply(student_logits.reshape(rows, vocabulary), teacher_logits.reshape(rows, vocabulary),
+                              temperature.reshape(rows) if per_row_temperature else temperature,
+                              None if mask is None else mask.reshape(rows), loss, chunk_rows, options)
+
+
+class _ChunkedLinearLoss(torch.autograd.Function):
+    """The chunked forward (loss and the gradients of the student's hidden states and head) and
+    the scaling backward of :func:`chunked_linear`."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden_S: torch.Tensor, weight_S: torch.Tensor, bias_S: torch.Tensor | None,
+                hidden_T: torch.Tensor, weight_T: torch.Tensor, bias_T: torch.Tensor | None,
+                temperature: Temperature, mask: torch.Tensor | None, loss: RowLoss, chunk_rows: int,
+                options: dict[str, Any]) -> torch.Tensor:
+        rows = hidden_S.shape[0]
+        per_row_temperature = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
+        real = rows if mask is None else int(mask.bool().sum())
+        wanted = [ctx.needs_input_grad[i] and x is not None for i, x in enumerate((hidden_S, weight_S, bias_S))]
+        grads = [torch.zeros_like(x) if need else None for need, x in zip(wanted, (hidden_S, weight_S, bias_S),
+                                                                           strict=True)]
+        total = torch.zeros((), dtype=compute_dtype(hidden_S), device=hidden_S.device)
+        head = [weight_S.detach().requires_grad_(wanted[1]),
+                None if bias_S is None else bias_S.detach().requires_grad_(wanted[2])]
+        for start in range(0, rows, chunk_rows):
+            piece = slice(start, start + chunk_rows)
+            piece_mask = None if mask is None else mask[piece]
+            count = hidden_S[piece].shape[0] if piece_mask is None else int(piece_mask.bool().sum())
+            if count == 0:
+                continue
+            h = hidden_S[piece].detach().requires_grad_(wanted[0])
+            teacher = F.linear(hidden_T[piece], weight_T, bias_T)
+            with torch.enable_grad():
+                value = loss(F.linear(h, *head), teacher, temperature[piece] if per_row_temperature else temperature,
+                             piece_mask, **options) * (count / real)
+            inputs = [x for x, need in zip((h, *head), wanted, strict=True) if need]
+            if inputs:
+                found = iter(torch.autograd.grad(value, inputs))
+                for i, need in enumerate(wanted):
+                    if need:
+                        (grads[i][piece] if i == 0 else grads[i]).add_(next(found))
+            total += value.detach()
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))
+        ctx.wanted = wanted
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor | None) -> tuple:
+        saved = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * 11
+        if torch.is_grad_enabled():
+            raise RuntimeError("kd_kernels.chunked_linear computed its gradients in the forward and has no double "
+                               "backward (create_graph=True); call the loss on the logits for it")
+        in_place = _concrete(grad_loss) and not _graph_is_kept()
+        scaled = []
+        for grad, need in zip(saved, ctx.wanted, strict=True):
+            if not need:
+                scaled.append(None)
+            elif in_place and _concrete(grad):
+                scaled.append(grad if grad_loss.item() == 1.0 else grad.mul_(grad_loss))
+            else:
+                scaled.append(grad * grad_loss)
+        return (*scaled, None, None, None, None, None, None, None, None)
+
+
+def chunked_linear(loss: RowLoss, hidden_S: torch.Tensor, weight_S: torch.Tensor, hidden_T: torch.Tensor,
+                   weight_T: torch.Tensor, temperature: Temperature = 1.0, mask: torch.Tensor | None = None,
+                   chunk_rows: int | None = None, bias_S: torch.Tensor | None = None,
+                   bias_T: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+    """``loss(hidden_S @ weight_S.T + bias_S, hidden_T @ weight_T.T + bias_T, temperature, mask,
+    **options)`` without the ``[N, V]`` logits: hidden states ``[..., d_S]`` / ``[..., d_T]``,
+    LM heads ``[V, d_S]`` / ``[V, d_T]``, row mask and per-row temperature ``[...]``. Each chunk
+    of ``chunk_rows`` rows (default :func:`default_chunk_rows`) makes its own logits, loss and
+    gradients (the student's hidden states, head weight and bias; the teacher side is not
+    differentiated), so the extra memory is O(chunk_rows x V) beyond those gradients.
+
+    Runs the unchunked formula where the teacher side or the temperature requires a gradient,
+    or under torch.compile. There is no double backward through the chunked path.
+    """
+    vocabulary = weight_S.shape[0]
+    if weight_T.shape[0] != vocabulary:
+        raise ValueError(f"the heads must share a vocabulary: student {vocabulary}, teacher {weight_T.shape[0]}")
+    chunk_rows = chunk_rows or default_chunk_rows(vocabulary)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    teacher_side = [x for x in (hidden_T, weight_T, bias_T) if x is not None]
+    if (any(x.requires_grad for x in teacher_side) or torch.compiler.is_compiling()
+            or (isinstance(temperature, torch.Tensor) and temperature.requires_grad)):
+        return loss(F.linear(hidden_S, weight_S, bias_S), F.linear(hidden_T, weight_T, bias_T), temperature, mask,
+                    **options)
+    rows = hidden_S.numel() // max(1, hidden_S.shape[-1])
+    per_row_temperature = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
+    return _ChunkedLinearLoss.apply(
+        hidden_S.reshape(rows, -1), weight_S, bias_S, hidden_T.reshape(rows, -1), weight_T, bias_T,
+        temperature.reshape(rows) if per_row_temperature else temperature,
+        None if mask is None else mask.reshape(rows), loss, chunk_rows, options)
