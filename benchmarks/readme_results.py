@@ -312,6 +312,30 @@ def _text(text: str) -> str:
     return " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
+def token_losses(results: dict[str, Any], source: str) -> list[str]:
+    """Token-level divergences over a 49,152 vocabulary (a pytest-benchmark file of the kernel
+    suite's token cases): time and peak extra memory of kd's loss and its peers, each case's
+    ratios within that one run."""
+    machine = results["machine_info"]
+    lines = [f"Measured on {results['datetime'][:10]} by `pytest benchmarks/test_kernels.py -k \"token or fused_linear\" "
+             f"--benchmark-enable --benchmark-json={source}` ({machine['cpu']['brand_raw']}, "
+             f"{machine['cpu']['count']} cores): forward+backward of one loss, mean of 3 timed rounds after one "
+             "warm-up; peak extra memory beyond the inputs and the gradients autograd returns, in a fresh process "
+             "(benchmarks/memory_probe.py).", ""]
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for bench in results["benchmarks"]:
+        groups.setdefault(bench["group"], {})[bench["params"]["impl"]] = bench
+    rows = []
+    for group, impls in groups.items():
+        base = impls["kd"]
+        for impl, bench in impls.items():
+            ratio = "" if impl == "kd" else f" ({bench['stats']['mean'] / base['stats']['mean']:.2f}x)"
+            memory = bench["extra_info"]["peak_extra_mib"]
+            share = "" if impl == "kd" else f" ({base['extra_info']['peak_extra_mib'] / max(memory, 0.1):.3f} of it)"
+            rows.append([f"`{group}`", impl, f"{bench['stats']['mean']:.2f} s{ratio}", f"{memory:,.1f} MiB{share}"])
+    return lines + _table(["case", "implementation", "time (x kd)", "peak extra memory (kd's share)"], rows)
+
+
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "demo": ("demo-cpu-x86_64-2cores.json", demo),
     "demo_recipe": ("demo-recipe-selection.json", demo_recipe),
@@ -324,6 +348,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "general": ("general-cpu-x86_64-2threads.json", general),
     "small_tasks": ("small-tasks-cpu-x86_64-2cores.json", small_tasks),
     "causal_lm": ("causal-lm-cpu-x86_64-2cores.json", causal_lm),
+    "token_losses": ("token-losses-cpu-x86_64-2cores.json", token_losses),
 }
 """Each README block: the results file it is rendered from, and how."""
 
