@@ -9,7 +9,8 @@ authors), :func:`get_task` and :func:`get_metric`, :class:`TrainingConfig`,
 Public modules, which plugins and users may import (``make lint`` holds plugins to them):
 ``kd_core`` itself, ``kd_core.augmentation`` (growing a file with an augmenter),
 ``kd_core.checkpoint`` (checkpoint files, atomic writes), ``kd_core.config``, ``kd_core.data``
-(reading data files), ``kd_core.distillers``, ``kd_core.errors``, ``kd_core.features`` (the
+(reading data files), ``kd_core.distillers``, ``kd_core.distributed`` (a process's place in a
+data-parallel run, gradient averaging), ``kd_core.errors``, ``kd_core.features`` (the
 Features dict, adaptors), ``kd_core.hookspecs``, ``kd_core.inference`` (running a model over a
 dataset), ``kd_core.labelling`` (teacher logits of a file), ``kd_core.loggers`` (experiment
 trackers beside metrics.jsonl), ``kd_core.loss_plan``, ``kd_core.metrics``, ``kd_core.model_card``

@@ -25,6 +25,12 @@ families) token by token.
   its prompts (:class:`OnPolicySampler`): the teacher then scores the student's tokens and the
   loss is taken on them; lambda = 0 (the default) is supervised distillation. ``kd_loss_type:
   jsd`` with ``kd_loss_params: {beta: ...}`` gives GKD's generalized JSD.
+- Offline teacher logits: ``kd augment label`` writes each sequence of the data (its
+  ``input_ids``, and ``labels`` for prompt/completion pairs) with the teacher's logits at every
+  position, whole or, with ``--top-k``, the top k and the log of the remaining mass (DistillKit's
+  idea; kd's teacher cache format). A data file with ``teacher_logits: teacher_logits`` reads such
+  a file back: the sequences as written, the teacher's logits from the file, so the teacher does
+  not run for them (on-policy batches, whose tokens are the student's, cannot use them).
 - Evaluation: ``perplexity`` (exp of the mean negative log-likelihood of the target tokens) and
   ``accuracy`` (how often the most likely next token is the text's). Chance is a unigram model of
   the evaluation set's own target tokens (its perplexity; its most frequent token).
@@ -48,16 +54,18 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from kd_core.data import read_records, resolve_path
 from kd_core.errors import ConfigError
-from kd_core.features import Adaptor, FeatureNeeds, to_device
+from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, to_device
 from kd_core.inference import RunSettings, run_model
+from kd_core.labelling import collate_teacher_logits
 from kd_core.metrics import Metric
 from kd_core.schema import DataFile, ModelSpec, StudentSpec
 from kd_core.tasks import Evaluation, get_metric
 from kd_models.adaptors import HFAdaptor
 from kd_models.corpus import read_corpus
 from kd_models.students import transformer_student
-from kd_models.tasks import TokenizedDataset, from_pretrained, read_rows, tokenizer_for
+from kd_models.tasks import TokenizedDataset, from_pretrained, one_file, read_rows, tokenizer_for
 
 IGNORE = -100
 """The label of a position whose next token is not learned."""
@@ -139,7 +147,53 @@ class CausalLMCollator:
             ids[row, :size] = torch.as_tensor(example["input_ids"])
             labels[row, :size] = torch.as_tensor(example.get("labels", example["input_ids"]))
             mask[row, :size] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if TEACHER_LOGITS in examples[0]:
+            batch[TEACHER_LOGITS] = collate_teacher_logits([e[TEACHER_LOGITS] for e in examples], mask)
+        return batch
+
+
+class Sequences(torch.utils.data.Dataset):
+    """The sequences of a causal-LM data file (packed blocks or prompt/completion pairs), each its
+    own row when ``kd augment label`` writes them (:class:`kd_core.labelling.RowGroups`): the
+    labelled file holds the token ids themselves, so reading it back needs neither the packing nor
+    the tokenizer's choices again."""
+
+    def __init__(self, sequences: torch.utils.data.Dataset) -> None:
+        self.sequences = sequences
+        self.example_rows = list(range(len(sequences)))
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.sequences[index]
+
+    def __getattr__(self, name: str) -> Any:  # what the wrapped dataset reports (a corpus's sources)
+        if name == "sequences":
+            raise AttributeError(name)
+        return getattr(self.sequences, name)
+
+    def label_rows(self) -> list[dict[str, Any]]:
+        """Every sequence as a JSON record: ``input_ids``, and ``labels`` where it has its own."""
+        return [{key: list(example[key]) for key in ("input_ids", "labels") if key in example}
+                for example in (self.sequences[i] for i in range(len(self.sequences)))]
+
+
+def labelled_sequences(rows: list[dict[str, Any]], column: str, where: str) -> TokenizedDataset:
+    """The sequences of a file ``kd augment label`` wrote for task causal_lm, with their stored
+    teacher logits (``column``)."""
+    examples = []
+    for number, row in enumerate(rows, start=1):
+        stored = row.get(column)
+        if not isinstance(row.get("input_ids"), list) or not isinstance(stored, list) or len(stored) != 1:
+            raise ConfigError(f"{where}: row {number} is not a sequence labelled by kd augment label for task "
+                              f"causal_lm (input_ids and a {column!r} list of one sequence's logits)")
+        example = {"input_ids": row["input_ids"], TEACHER_LOGITS: stored[0]}
+        if "labels" in row:
+            example["labels"] = row["labels"]
+        examples.append(example)
+    return TokenizedDataset(examples)
 
 
 def prompt_completion_examples(rows: list[dict[str, Any]], prompt: str, completion: str, tokenizer: Any,
@@ -285,17 +339,26 @@ class CausalLMTask:
 
     def read(self, file: DataFile, model: ModelSpec, max_length: int, base_dir: Path | None,
              where: str) -> torch.utils.data.Dataset:
-        """Plain text packed into blocks, or prompt/completion pairs when ``file.text`` names two
-        columns (see the module's docstring)."""
-        if file.label is not None or file.teacher_logits is not None:
-            raise ConfigError(f"{where}: task causal_lm learns the text itself; leave out label and teacher_logits")
+        """Plain text packed into blocks, prompt/completion pairs when ``file.text`` names two
+        columns, or the sequences of a file labelled by ``kd augment label`` when
+        ``file.teacher_logits`` names its logits (see the module's docstring)."""
+        if file.label is not None:
+            raise ConfigError(f"{where}: task causal_lm learns the text itself; leave out label")
+        if file.teacher_logits is not None:
+            if self.on_policy:
+                raise ConfigError(f"{where}: stored teacher logits score the file's tokens, not the student's own "
+                                  "samples; leave out teacher_logits or task_options.on_policy")
+            one_file(file, where)
+            path = resolve_path(file.path, base_dir, f"{where}.path")
+            rows = read_records(path, file.limit, file.format, where, file.columns, file.skip)
+            return labelled_sequences(rows, file.teacher_logits, where)
         tokenizer = tokenizer_for(model)
         if isinstance(file.text, list) and len(file.text_columns) == 2:
             _, rows = read_rows(file, base_dir, where)
             if not rows:
                 raise ConfigError(f"{where}: {file.path} has no rows")
-            return prompt_completion_examples(rows, *file.text_columns, tokenizer, max_length, where)
-        return read_corpus(file, tokenizer, max_length, base_dir, where, causal=True)
+            return Sequences(prompt_completion_examples(rows, *file.text_columns, tokenizer, max_length, where))
+        return Sequences(read_corpus(file, tokenizer, max_length, base_dir, where, causal=True))
 
     def collator(self, model: ModelSpec) -> CausalLMCollator:
         return CausalLMCollator(tokenizer_for(model))

@@ -28,8 +28,8 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -153,15 +153,25 @@ def importance_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     return contrastive_loss(model, {k: v for k, v in inputs.items() if k != "labels"})
 
 
+Recorder = Callable[[nn.Module, list[tuple[tuple[str, int], torch.Tensor]]], AbstractContextManager[None]]
+"""Registers hooks that append ``(role, activation)`` to a list while its context is open."""
+
+
+def record_encoder_activations(model: nn.Module,
+                               sink: list[tuple[tuple[str, int], torch.Tensor]]) -> AbstractContextManager[None]:
+    """The encoder layout's recorder: every stream after its LayerNorm, Q/K/V outputs, FFN neurons."""
+    return _record_activations(model, layout_of(model), sink)
+
+
 def taylor_importance(model: nn.Module, dataloader: Iterable[Any], num_batches: int | None = None,
-                      progress: bool = True) -> Importance:
-    """First-order Taylor importance of every hidden, attention and FFN dimension of ``model``.
+                      progress: bool = True, record: Recorder = record_encoder_activations) -> Importance:
+    """First-order Taylor importance of every dimension ``record`` captures in ``model`` (by default
+    an encoder's hidden, attention and FFN dimensions).
 
     Each batch (a dict of model inputs) runs forward in eval mode; :func:`importance_loss` is
     differentiated with respect to the activations only (no parameter ``.grad`` is written), and
     ``|h * dL/dh|`` is summed over examples and tokens (over both views of the contrastive loss).
     """
-    layout = layout_of(model)
     device = next(model.parameters()).device
     importance = Importance()
     length = _length(dataloader)
@@ -173,7 +183,7 @@ def taylor_importance(model: nn.Module, dataloader: Iterable[Any], num_batches: 
                 raise ConfigError("Taylor importance (method 'impt') reads dict batches of model inputs (input_ids, "
                                   f"attention_mask, and labels for the task loss); got {type(batch).__name__}")
             activations: list[tuple[tuple[str, int], torch.Tensor]] = []
-            with _record_activations(model, layout, activations):
+            with record(model, activations):
                 loss = importance_loss(model, to_device(batch, device))
             grads = torch.autograd.grad(loss, [a for _, a in activations])
             for (role, activation), grad in zip(activations, grads, strict=True):
