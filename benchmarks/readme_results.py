@@ -138,10 +138,11 @@ def teacher_cache_topk(results: dict[str, Any], source: str) -> list[str]:
     """The error a top-k teacher cache puts into the loss."""
     mass = ", ".join(f"top {k}: {v:.0%}" for k, v in results["top_k_probability_mass_t1"].items())
     rows = [[r["loss"], f"{r['temperature']:g}", r["k"], f"{r['exact']:.3f}", f"{r['top_k']:.3f}",
-             f"{r['relative_error']:.1%}"] for r in results["rows"]]
+             f"{r['relative_error']:.1%}", f"{r['gradient_relative_error']:.1%}"] for r in results["rows"]]
     return [f"Measured by `python -m benchmarks.teacher_cache_topk` ({source}, {_machine(results['machine'])}): "
-            f"{results['tokens']} tokens, vocabulary {results['vocabulary']:,}; probability mass at T=1: {mass}.", "",
-            *_table(["loss", "T", "k", "full logits", "top-k cache", "relative error"], rows)]
+            f"{results['tokens']} tokens, vocabulary {results['vocabulary']:,}; probability mass at T=1: {mass}. "
+            "Relative errors of the loss and of its gradient with respect to the student's logits (L2).", "",
+            *_table(["loss", "T", "k", "full logits", "top-k cache", "relative error", "gradient error"], rows)]
 
 
 def multi_teacher(results: dict[str, Any], source: str) -> list[str]:
@@ -317,7 +318,8 @@ def token_losses(results: dict[str, Any], source: str) -> list[str]:
     suite's token cases): time and peak extra memory of kd's loss and its peers, each case's
     ratios within that one run."""
     machine = results["machine_info"]
-    lines = [f"Measured on {results['datetime'][:10]} by `pytest benchmarks/test_kernels.py -k \"token or fused_linear\" "
+    lines = [f"Measured on {results['datetime'][:10]} by "
+             "`pytest benchmarks/test_kernels.py -k \"token or fused_linear\" "
              f"--benchmark-enable --benchmark-json={source}` ({machine['cpu']['brand_raw']}, "
              f"{machine['cpu']['count']} cores): forward+backward of one loss, mean of 3 timed rounds after one "
              "warm-up; peak extra memory beyond the inputs and the gradients autograd returns, in a fresh process "
