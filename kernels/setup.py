@@ -18,14 +18,13 @@ import os
 from pathlib import Path
 
 import torch
-from setuptools import setup
+from setuptools import Extension, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("kd_kernels_toolchain", HERE / "src" / "kd_kernels" / "toolchain.py")
 toolchain = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(toolchain)
-RECORD = "prebuilt.json"
 
 
 def _relative(paths: list[Path]) -> list[str]:
@@ -40,7 +39,7 @@ def _build_cuda() -> bool:
     return possible and wanted != "0"
 
 
-def extensions() -> list:
+def extensions() -> list[Extension]:
     """One CPU extension per ISA, and the CUDA one where it can be built; each carries its key."""
     built = []
     for isa in toolchain.buildable_isas():
@@ -72,7 +71,7 @@ class BuildKernels(BuildExtension):
     def run(self) -> None:
         super().run()
         binaries = {Path(self.get_ext_fullpath(ext.name)).name: ext.kd_key for ext in self.extensions}
-        record = Path(self.get_ext_fullpath(self.extensions[0].name)).parent / RECORD
+        record = Path(self.get_ext_fullpath(self.extensions[0].name)).parent / toolchain.RECORD_NAME
         record.write_text(json.dumps(binaries, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

@@ -111,6 +111,18 @@ def test_stored_logits_refuse_on_policy_batches_and_foreign_files(tmp_path: Path
     with pytest.raises(ConfigError, match="score the file's tokens, not the student's own samples"):
         CausalLMTask(on_policy=0.5).read(DataFile(path=str(tmp_path / "x.jsonl"), teacher_logits="teacher_logits"),
                                          spec, 24, None, "data.train")
+    _labelled(tmp_path, llama_dir, 2)
+    labelled = tmp_path / "labelled-2.jsonl"
+    with pytest.raises(ConfigError, match=r"tokens, more than data\.max_length 8; label the data"):
+        get_task("causal_lm").read(DataFile(path=str(labelled), teacher_logits="teacher_logits"), spec, 8, None,
+                                   "data.train")
+    row = json.loads(labelled.read_text(encoding="utf-8").splitlines()[0])
+    row["input_ids"] = row["input_ids"][:-1]
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="row 1 has 23 tokens but 24 rows of teacher logits"):
+        get_task("causal_lm").read(DataFile(path=str(cut), teacher_logits="teacher_logits"), spec, 24, None,
+                                   "data.train")
     foreign = tmp_path / "foreign.jsonl"
     foreign.write_text(json.dumps({"text": "hello", "teacher_logits": [[0.1, 0.2]]}) + "\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="row 1 is not a sequence labelled by kd augment label for task causal_lm"):

@@ -96,10 +96,12 @@ def _largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def test_two_processes_distil_as_one_with_the_global_batch(tiny_teacher_dir: Path, tmp_path: Path,
                                                           max_grad_norm: str) -> None:
     """Under torchrun (2 processes, gloo) the Trainer's DDP averages the student's gradients and
-    DistillationTrainer the projections' (before clipping, or before the step without it): the
-    processes stay identical, and end where one process with their global batch ends, far closer
+    DistillationTrainer the projections' (before clipping, or before the step without it), which
+    start from the main process's weights even where the processes made others: the processes stay
+    identical, and end where one process with their global batch ends, far closer
     than another initial seed."""
-    two = _torchrun(2, tmp_path / "two", tiny_teacher_dir, "--batch-size", "2", "--max-grad-norm", max_grad_norm)
+    two = _torchrun(2, tmp_path / "two", tiny_teacher_dir, "--batch-size", "2", "--max-grad-norm", max_grad_norm,
+                    "--unequal-start")
     one = _torchrun(1, tmp_path / "one", tiny_teacher_dir, "--batch-size", "4", "--max-grad-norm", max_grad_norm)[0]
     other = _torchrun(1, tmp_path / "other", tiny_teacher_dir, "--batch-size", "4", "--seed", "8",
                       "--max-grad-norm", max_grad_norm)[0]

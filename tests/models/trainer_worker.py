@@ -6,6 +6,7 @@ OUTPUT/rank-R.pt."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, TrainingArguments
 
+from kd_core import GeneralDistiller
 from kd_core.schema import DataFile, ModelSpec
 from kd_models import DistillationTrainer
 from kd_models.tasks import SequenceClassificationTask
@@ -40,6 +42,21 @@ def arguments(output: Path, **extra: Any) -> TrainingArguments:
     return TrainingArguments(output_dir=str(output), **{**settings, **extra})
 
 
+def _start_each_process_elsewhere() -> None:
+    """Shift every process's projections but the main one's as soon as they are made, so that
+    the processes agree only if DistillationTrainer gives them the main process's."""
+    rank = int(os.environ.get("RANK", "0"))
+    prepare = GeneralDistiller.prepare
+
+    def shifted(self: GeneralDistiller) -> None:
+        prepare(self)
+        with torch.no_grad():
+            for parameter in self.loss_plan.parameters():
+                parameter.add_(0.1 * rank)
+
+    GeneralDistiller.prepare = shifted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--teacher", type=Path, required=True)
@@ -48,6 +65,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, required=True, help="Per process.")
     parser.add_argument("--seed", type=int, default=7, help="Of the student's initial weights.")
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--unequal-start", action="store_true",
+                        help="Give each process other initial projections: the main process's must win.")
     options = parser.parse_args()
     task = SequenceClassificationTask()
     spec = ModelSpec(model=str(options.teacher))
@@ -58,6 +77,8 @@ def main() -> None:
     # rows cut to the same number of tokens: a token-level mean per process then equals the global one
     full = [i for i in range(len(rows)) if int(torch.as_tensor(rows[i]["attention_mask"]).sum()) == length][:80]
     data = torch.utils.data.Subset(rows, full)
+    if options.unequal_start:
+        _start_each_process_elsewhere()
     trainer = DistillationTrainer(model=student_of(teacher, options.seed), teacher_model=teacher,
                                   distillation=DISTILLATION, train_dataset=data, data_collator=task.collator(spec),
                                   args=arguments(options.output, per_device_train_batch_size=options.batch_size,

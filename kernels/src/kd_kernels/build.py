@@ -26,7 +26,7 @@ import torch
 from kd_kernels import ops, toolchain  # noqa: F401 (ops: the schemas must exist before the implementations load)
 
 PACKAGE = Path(__file__).resolve().parent
-RECORD = PACKAGE / "prebuilt.json"
+RECORD = PACKAGE / toolchain.RECORD_NAME
 
 
 class KernelWarning(UserWarning):

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kd_kernels.ops import _concrete, _graph_is_kept, compute_dtype
+from kd_kernels.ops import compute_dtype, scaled_gradient
 
 CHUNK_ELEMENTS = 2**22
 """Logits per chunk by default (16 MiB of fp32): ``chunk_rows = CHUNK_ELEMENTS // V``."""
@@ -43,12 +43,13 @@ class _ChunkedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, student: torch.Tensor, teacher: torch.Tensor, temperature: Temperature,
-                mask: torch.Tensor | None, loss: RowLoss, chunk_rows: int, options: dict[str, Any]) -> torch.Tensor:
+                mask: torch.Tensor | None, loss: RowLoss, chunk_rows: int, options: dict[str, Any],
+                want_grad: bool) -> torch.Tensor:
         rows = student.shape[0]
         per_row_temperature = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
         real = rows if mask is None else int(mask.bool().sum())
-        grad = (torch.empty(student.shape, dtype=compute_dtype(student), device=student.device)
-                if ctx.needs_input_grad[0] else None)
+        # in the student's dtype: each chunk's gradient comes back in it (the loss upcasts inside)
+        grad = torch.empty_like(student, memory_format=torch.contiguous_format) if want_grad else None
         total = torch.zeros((), dtype=compute_dtype(student), device=student.device)
         for start in range(0, rows, chunk_rows):
             piece = slice(start, start + chunk_rows)
@@ -68,24 +69,17 @@ class _ChunkedLoss(torch.autograd.Function):
             total += value.detach()
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(grad)
-        ctx.student_dtype = student.dtype
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor | None) -> tuple:
         (grad,) = ctx.saved_tensors
         if grad_loss is None or grad is None:
-            return (None,) * 7
+            return (None,) * 8
         if torch.is_grad_enabled():  # create_graph=True: the gradient was computed in the forward, without a graph
             raise RuntimeError("kd_kernels.chunked computed the student's gradient in the forward and has no double "
                                "backward (create_graph=True); call the loss itself for it")
-        if _concrete(grad) and _concrete(grad_loss) and not _graph_is_kept():
-            # the graph and its saved gradient are released after this backward: scaled in place
-            if grad_loss.item() != 1.0:
-                grad.mul_(grad_loss)
-        else:  # retain_graph: a later backward reads the saved gradient again
-            grad = grad * grad_loss
-        return grad.to(ctx.student_dtype), None, None, None, None, None, None
+        return scaled_gradient(grad, grad_loss), None, None, None, None, None, None, None
 
 
 def chunked(loss: RowLoss, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -110,9 +104,10 @@ def chunked(loss: RowLoss, student_logits: torch.Tensor, teacher_logits: torch.T
     if (rows <= chunk_rows or teacher_logits.requires_grad or torch.compiler.is_compiling()
             or (isinstance(temperature, torch.Tensor) and temperature.requires_grad)):
         return loss(student_logits, teacher_logits, temperature, mask, **options)
+    want_grad = torch.is_grad_enabled() and student_logits.requires_grad
     return _ChunkedLoss.apply(student_logits.reshape(rows, vocabulary), teacher_logits.reshape(rows, vocabulary),
                               temperature.reshape(rows) if per_row_temperature else temperature,
-                              None if mask is None else mask.reshape(rows), loss, chunk_rows, options)
+                              None if mask is None else mask.reshape(rows), loss, chunk_rows, options, want_grad)
 
 
 class _ChunkedLinearLoss(torch.autograd.Function):
@@ -123,13 +118,16 @@ class _ChunkedLinearLoss(torch.autograd.Function):
     def forward(ctx: Any, hidden_S: torch.Tensor, weight_S: torch.Tensor, bias_S: torch.Tensor | None,
                 hidden_T: torch.Tensor, weight_T: torch.Tensor, bias_T: torch.Tensor | None,
                 temperature: Temperature, mask: torch.Tensor | None, loss: RowLoss, chunk_rows: int,
-                options: dict[str, Any]) -> torch.Tensor:
+                options: dict[str, Any], want_grad: bool) -> torch.Tensor:
         rows = hidden_S.shape[0]
         per_row_temperature = isinstance(temperature, torch.Tensor) and temperature.dim() > 0
         real = rows if mask is None else int(mask.bool().sum())
-        wanted = [ctx.needs_input_grad[i] and x is not None for i, x in enumerate((hidden_S, weight_S, bias_S))]
-        grads = [torch.zeros_like(x) if need else None for need, x in zip(wanted, (hidden_S, weight_S, bias_S),
-                                                                           strict=True)]
+        student_side = (hidden_S, weight_S, bias_S)
+        wanted = [want_grad and ctx.needs_input_grad[i] and x is not None for i, x in enumerate(student_side)]
+        # the hidden states' rows are written once; the head's gradients add up over the chunks, in
+        # the compute dtype (bf16 sums over thousands of chunks would lose the small ones)
+        grads = [None if not need else torch.zeros_like(x) if i == 0 else torch.zeros_like(x, dtype=compute_dtype(x))
+                 for i, (need, x) in enumerate(zip(wanted, student_side, strict=True))]
         total = torch.zeros((), dtype=compute_dtype(hidden_S), device=hidden_S.device)
         head = [weight_S.detach().requires_grad_(wanted[1]),
                 None if bias_S is None else bias_S.detach().requires_grad_(wanted[2])]
@@ -154,26 +152,20 @@ class _ChunkedLinearLoss(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in grads))
         ctx.wanted = wanted
+        ctx.dtypes = [None if x is None else x.dtype for x in student_side]
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor | None) -> tuple:
         saved = ctx.saved_tensors
         if grad_loss is None:
-            return (None,) * 11
+            return (None,) * 12
         if torch.is_grad_enabled():
             raise RuntimeError("kd_kernels.chunked_linear computed its gradients in the forward and has no double "
                                "backward (create_graph=True); call the loss on the logits for it")
-        in_place = _concrete(grad_loss) and not _graph_is_kept()
-        scaled = []
-        for grad, need in zip(saved, ctx.wanted, strict=True):
-            if not need:
-                scaled.append(None)
-            elif in_place and _concrete(grad):
-                scaled.append(grad if grad_loss.item() == 1.0 else grad.mul_(grad_loss))
-            else:
-                scaled.append(grad * grad_loss)
-        return (*scaled, None, None, None, None, None, None, None, None)
+        scaled = [scaled_gradient(grad, grad_loss).to(dtype) if need else None
+                  for grad, need, dtype in zip(saved, ctx.wanted, ctx.dtypes, strict=True)]
+        return (*scaled, None, None, None, None, None, None, None, None, None)
 
 
 def chunked_linear(loss: RowLoss, hidden_S: torch.Tensor, weight_S: torch.Tensor, hidden_T: torch.Tensor,
@@ -206,4 +198,4 @@ def chunked_linear(loss: RowLoss, hidden_S: torch.Tensor, weight_S: torch.Tensor
     return _ChunkedLinearLoss.apply(
         hidden_S.reshape(rows, -1), weight_S, bias_S, hidden_T.reshape(rows, -1), weight_T, bias_T,
         temperature.reshape(rows) if per_row_temperature else temperature,
-        None if mask is None else mask.reshape(rows), loss, chunk_rows, options)
+        None if mask is None else mask.reshape(rows), loss, chunk_rows, options, torch.is_grad_enabled())

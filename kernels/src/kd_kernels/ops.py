@@ -122,6 +122,21 @@ def _graph_is_kept() -> bool:
     return keep_graph is None or keep_graph()
 
 
+def scaled_gradient(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """``grad * grad_loss`` for a gradient computed in the forward and saved for the backward.
+
+    Eager, with the graph (and the saved gradient) released after this backward, nothing else sees
+    the gradient: it is handed over as it is for a loss gradient of exactly 1 (``loss.backward()``;
+    autograd then takes it as the input's ``.grad`` without a copy), else scaled in place. Traced,
+    or under ``retain_graph`` (a later backward reads the saved gradient again): a new tensor.
+    """
+    if _concrete(grad) and _concrete(grad_loss) and not _graph_is_kept():
+        if grad_loss.item() != 1.0:
+            grad.mul_(grad_loss)
+        return grad
+    return grad * grad_loss
+
+
 def _softmax_kl_with_grad_backward(ctx: Any, grad_loss: torch.Tensor | None, *unused: Any) -> tuple:
     (grad,) = ctx.saved_tensors
     if grad_loss is None:
@@ -132,16 +147,7 @@ def _softmax_kl_with_grad_backward(ctx: Any, grad_loss: torch.Tensor | None, *un
         # as a constant.
         raise RuntimeError("kd's fused softmax_kl computed its gradient in the forward and has no double backward "
                            "(create_graph=True); run with KD_KERNELS=reference for it")
-    if _concrete(grad) and _concrete(grad_loss) and not _graph_is_kept():
-        # Eager, and the graph (with the saved gradient) released after this backward: nothing
-        # else sees the gradient, so it is handed over as it is for a loss gradient of exactly 1
-        # (loss.backward(); autograd then takes it as the student's .grad without a copy), else
-        # scaled in place.
-        if grad_loss.item() != 1.0:
-            grad.mul_(grad_loss)
-    else:  # traced, or retain_graph (a later backward reads the saved gradient again): a new tensor
-        grad = grad * grad_loss
-    return grad.to(ctx.student_dtype), None, None, None, None
+    return scaled_gradient(grad, grad_loss).to(ctx.student_dtype), None, None, None, None
 
 
 torch.library.register_autograd("kd::softmax_kl_with_grad", _softmax_kl_with_grad_backward,

@@ -23,6 +23,8 @@ ISA_FLAGS = {
     "AVX2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
 }
 CUDA_FLAGS = ["-O3", "-std=c++17"]
+RECORD_NAME = "prebuilt.json"
+"""The file beside the packaged binaries that holds each one's build key."""
 
 
 def cpu_isa() -> str:
@@ -81,11 +83,12 @@ def cuda_archs() -> str:
 
 
 def build_key(kind: str, isa: str | None = None, archs: str | None = None) -> dict[str, str]:
-    """Everything a binary of ``kind`` depends on: the sources, the flags, the torch and Python
-    it is built against (the C++ ABI of torch changes between versions) and, for CUDA, the CUDA
-    version and the GPU architectures (``archs``, this machine's by default)."""
+    """Everything a binary of ``kind`` depends on: the sources, the flags, the torch and the
+    Python minor version it is built against (the C++ ABI of torch changes between versions; a
+    CPython ABI holds for a minor version) and, for CUDA, the CUDA version and the GPU
+    architectures (``archs``, this machine's by default)."""
     key = {"kind": kind, "sources": sources_digest(kind), "flags": " ".join(flags(kind, isa)),
-           "torch": torch.__version__, "python": sys.version.split()[0]}
+           "torch": torch.__version__, "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
     if kind == "cpu":
         key["isa"] = isa or cpu_isa()
     else:

@@ -66,6 +66,12 @@ class Distributed:
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, src=0)
 
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over all ranks, in place (``tensor`` itself when not distributed)."""
+        if self.active and self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
     def average_gradients(self, params: list[torch.Tensor]) -> None:
         """Average the gradients of ``params`` over all ranks (missing gradients count as zeros)."""
         if not self.active or self.world_size == 1:

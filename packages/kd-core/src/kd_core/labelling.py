@@ -17,6 +17,7 @@ and distillers use them instead of running the teacher for its logits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -44,10 +45,10 @@ class RowGroups(Protocol):
     the field names the dataset was read with, so that the labelled file reads back the same way.
     """
 
-    example_rows: list[int]
+    example_rows: Sequence[int]
 
-    def label_rows(self) -> list[dict[str, Any]]:
-        """Every row of the dataset as a JSON record."""
+    def label_rows(self) -> Sequence[dict[str, Any]]:
+        """Every row of the dataset as a JSON record (a list, or a sequence that makes each when read)."""
 
 
 def label_file(task: Task, teacher: ModelSpec, data: DataFile, output: str | Path, *, max_length: int = 128,

@@ -5,7 +5,8 @@ rows ([B] or [B, L], 1 = the row counts). ``temperature`` is a float or a per-ro
 [B, L], as the dynamic-temperature schedulers return).
 
 Memory over large vocabularies: ``ce`` and ``kl`` run the fused ``softmax_kl`` (on CPU it
-writes the student's gradient in its forward and holds nothing else of size [N, V]);
+writes the student's gradient in its forward and holds nothing else of size [N, V]; where no
+fused kernel loads, the eager reference runs instead);
 ``reverse_kl`` and ``jsd`` are evaluated a chunk of rows at a time (:func:`kd_kernels.chunked`),
 so that none of them holds another [N, V] tensor beyond the gradient autograd returns.
 """

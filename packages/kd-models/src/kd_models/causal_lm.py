@@ -161,7 +161,7 @@ class Sequences(torch.utils.data.Dataset):
 
     def __init__(self, sequences: torch.utils.data.Dataset) -> None:
         self.sequences = sequences
-        self.example_rows = list(range(len(sequences)))
+        self.example_rows = range(len(sequences))  # one row per sequence, made on demand
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -174,21 +174,43 @@ class Sequences(torch.utils.data.Dataset):
             raise AttributeError(name)
         return getattr(self.sequences, name)
 
-    def label_rows(self) -> list[dict[str, Any]]:
-        """Every sequence as a JSON record: ``input_ids``, and ``labels`` where it has its own."""
-        return [{key: list(example[key]) for key in ("input_ids", "labels") if key in example}
-                for example in (self.sequences[i] for i in range(len(self.sequences)))]
+    def label_rows(self) -> _LabelRows:
+        """Every sequence as a JSON record (``input_ids``, and ``labels`` where it has its own),
+        each made when it is read: a corpus is not turned into Python lists at once."""
+        return _LabelRows(self.sequences)
 
 
-def labelled_sequences(rows: list[dict[str, Any]], column: str, where: str) -> TokenizedDataset:
+class _LabelRows(Sequence[dict[str, Any]]):
+    """The JSON records of :meth:`Sequences.label_rows`, made one at a time."""
+
+    def __init__(self, sequences: torch.utils.data.Dataset) -> None:
+        self.sequences = sequences
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        example = self.sequences[index]
+        return {key: list(example[key]) for key in ("input_ids", "labels") if key in example}
+
+
+def labelled_sequences(rows: list[dict[str, Any]], column: str, max_length: int, where: str) -> TokenizedDataset:
     """The sequences of a file ``kd augment label`` wrote for task causal_lm, with their stored
-    teacher logits (``column``)."""
+    teacher logits (``column``): one row of logits per token, and no sequence longer than the
+    recipe's ``max_length`` (a file labelled for longer sequences is refused, not trained on)."""
     examples = []
     for number, row in enumerate(rows, start=1):
         stored = row.get(column)
         if not isinstance(row.get("input_ids"), list) or not isinstance(stored, list) or len(stored) != 1:
             raise ConfigError(f"{where}: row {number} is not a sequence labelled by kd augment label for task "
                               f"causal_lm (input_ids and a {column!r} list of one sequence's logits)")
+        tokens = len(row["input_ids"])
+        rows_of_logits = len(stored[0]["topk_values"] if isinstance(stored[0], dict) else stored[0])
+        if rows_of_logits != tokens:
+            raise ConfigError(f"{where}: row {number} has {tokens} tokens but {rows_of_logits} rows of teacher logits")
+        if tokens > max_length:
+            raise ConfigError(f"{where}: row {number} has {tokens} tokens, more than data.max_length {max_length}; "
+                              "label the data with the recipe's max_length (kd augment label --max-length)")
         example = {"input_ids": row["input_ids"], TEACHER_LOGITS: stored[0]}
         if "labels" in row:
             example["labels"] = row["labels"]
@@ -351,7 +373,7 @@ class CausalLMTask:
             one_file(file, where)
             path = resolve_path(file.path, base_dir, f"{where}.path")
             rows = read_records(path, file.limit, file.format, where, file.columns, file.skip)
-            return labelled_sequences(rows, file.teacher_logits, where)
+            return labelled_sequences(rows, file.teacher_logits, max_length, where)
         tokenizer = tokenizer_for(model)
         if isinstance(file.text, list) and len(file.text_columns) == 2:
             _, rows = read_rows(file, base_dir, where)

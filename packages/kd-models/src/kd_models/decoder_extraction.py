@@ -74,6 +74,8 @@ class DecoderShape:
 
     @classmethod
     def of(cls, model: nn.Module) -> DecoderShape:
+        """The shape of ``model`` (a ConfigError for a family decoder extraction does not know);
+        ``head_dim`` from the config, or ``hidden_size / num_attention_heads`` where it has none."""
         config = model.config
         if getattr(config, "model_type", None) not in DECODER_FAMILIES:
             raise ConfigError(f"cannot extract the width of {type(model).__name__} (model_type "
@@ -96,10 +98,10 @@ def record_decoder_activations(model: nn.Module, sink: list[tuple[tuple[str, int
     """Record, in ``sink``, the activations whose Taylor scores rank each role (see the module's
     docstring): every stream at the input of its norm, each block's q/k/v outputs and the input of
     its ``down_proj``."""
-    def before(role: tuple[str, int]):
+    def before(role: tuple[str, int]) -> Callable[..., None]:
         return lambda module, inputs: sink.append((role, inputs[0]))
 
-    def after(role: tuple[str, int]):
+    def after(role: tuple[str, int]) -> Callable[..., None]:
         return lambda module, inputs, output: sink.append((role, output))
 
     blocks = model.model.layers
@@ -198,6 +200,8 @@ def build_extracted_decoder(teacher: nn.Module, selection: DecoderSelection, hid
         raise ConfigError(f"{type(teacher.config).__name__} derives head_dim from hidden_size / num_attention_heads, "
                           f"so a student keeping {kv_heads} key/value groups of {shape.group} heads of "
                           f"{shape.head_dim} dimensions has hidden_size {heads * shape.head_dim}, not {hidden_size}")
+    if isinstance(getattr(teacher.config, "layer_types", None), list):
+        settings["layer_types"] = [teacher.config.layer_types[layer] for layer in selection.layers]
     student = transformer_student(teacher, **settings)
     student.to(next(teacher.parameters()).device)
     renumber = {teacher_layer: i for i, teacher_layer in enumerate(selection.layers)}

@@ -460,6 +460,11 @@ def copy_layers(teacher: nn.Module, student: nn.Module, layers: list[int]) -> nn
                 continue
             name = f"{blocks}{renumber[int(layer)]}.{inner}"
         state[name] = tensor
+    kinds = getattr(teacher.config, "layer_types", None)
+    if isinstance(kinds, list) and list(student.config.layer_types) != [kinds[layer] for layer in layers]:
+        raise ConfigError(f"student.init 'layer_copy' keeps the teacher's layers {layers}, whose attention kinds are "
+                          f"{[kinds[layer] for layer in layers]}; the student's config has "
+                          f"{list(student.config.layer_types)}: set student.config.layer_types to match")
     expected = student.state_dict()
     wrong = [f"{name} {tuple(tensor.shape)} (student {tuple(expected[name].shape)})" for name, tensor in state.items()
              if name in expected and expected[name].shape != tensor.shape]

@@ -38,7 +38,23 @@ def transformer_student(teacher: nn.Module, **overrides: Any) -> nn.Module:
                           f"{', '.join(unknown)}")
     for key, value in overrides.items():
         setattr(config, key, value)
+    _fit_layer_types(config, teacher.config, overrides)
     return type(teacher)(config)
+
+
+def _fit_layer_types(config: Any, teacher_config: Any, overrides: dict[str, Any]) -> None:
+    """Give a shallower student one ``layer_types`` entry per layer (Qwen2, Qwen3 and other configs
+    that list each layer's attention kind, which must match the depth to save): the teacher's
+    kind where every layer has the same; a teacher that mixes kinds needs them named."""
+    kinds = getattr(teacher_config, "layer_types", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(kinds, list) or "layer_types" in overrides or layers is None or len(kinds) == layers:
+        return
+    if len(set(kinds)) > 1:
+        raise ConfigError(f"the teacher's layers mix attention kinds ({', '.join(sorted(set(kinds)))}); give the "
+                          f"student's {layers} in student.config.layer_types, or use an initializer that selects "
+                          "layers (it takes the kinds of the layers it keeps)")
+    config.layer_types = [kinds[0]] * layers
 
 
 def _preset(name: str):

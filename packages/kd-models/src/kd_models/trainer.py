@@ -145,10 +145,8 @@ class DistillationTrainer(Trainer):
         of every process (training logs only; every process logs at the same steps)."""
         if "loss" in logs and self._term_batches:
             names = sorted(self._term_sums)
-            sums = torch.tensor([self._term_sums[name] for name in names], dtype=torch.float64,
-                                device=self.args.device)
-            if self.processes.world_size > 1:
-                torch.distributed.all_reduce(sums)
+            sums = self.processes.sum(torch.tensor([self._term_sums[name] for name in names], dtype=torch.float64,
+                                                   device=self.args.device))
             means = (sums / (self._term_batches * self.processes.world_size)).tolist()
             logs = {**logs, **dict(zip(names, means, strict=True))}
             self._term_sums, self._term_batches = {}, 0
