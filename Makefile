@@ -47,7 +47,7 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache kd-demo-output runs site kernels/build kernels/src/kd_kernels/*.so \
+	rm -rf $(VENV) .pytest_cache .ruff_cache kd-demo-output runs site kernels/build kernels/src/kd_kernels/*.kernel \
 		kernels/src/kd_kernels/prebuilt.json
 
 bench: $(STAMP)

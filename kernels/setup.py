@@ -60,6 +60,11 @@ class BuildKernels(BuildExtension):
     variants share their sources, and must not share object files) and writes the record of
     what it built beside the binaries."""
 
+    def get_ext_filename(self, fullname: str) -> str:
+        """``kd_kernels/_cpu_avx2.kernel``: shared libraries that Python's import system does not
+        take for modules (see ``kd_kernels.toolchain.BINARY_SUFFIX``)."""
+        return os.path.join(*fullname.split(".")) + toolchain.BINARY_SUFFIX
+
     def build_extension(self, ext) -> None:
         shared = self.build_temp
         self.build_temp = os.path.join(shared, ext.name)

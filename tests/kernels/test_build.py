@@ -5,6 +5,7 @@ the reference."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -158,3 +159,18 @@ def test_a_built_wheel_runs_the_fused_ops_with_no_compiler_and_no_ninja(tmp_path
     assert f"softmax_kl on cpu: fused - kd_kernels_cpu ({binary}; built with the package for " in info.stdout
     assert "compilers: c++ missing" in info.stdout
     assert not (tmp_path / "cache").exists(), "nothing was compiled"
+
+
+def test_no_packaged_binary_is_taken_for_a_python_module() -> None:
+    """Tools that import every module of a package (mkdocstrings, pkgutil walkers) must never
+    load a binary: the AVX512 one stops a CPU without AVX512 with an illegal instruction."""
+    import importlib.machinery
+    import pkgutil
+
+    import kd_kernels
+
+    binaries = list(json.loads(build.RECORD.read_text(encoding="utf-8")))
+    assert binaries and all(name.endswith(toolchain.BINARY_SUFFIX) for name in binaries)
+    assert not any(name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)) for name in binaries)
+    modules = {m.name.rpartition(".")[2] for m in pkgutil.walk_packages(kd_kernels.__path__)}
+    assert not {name.split(".")[0] for name in binaries} & modules

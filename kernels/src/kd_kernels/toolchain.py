@@ -25,6 +25,10 @@ ISA_FLAGS = {
 CUDA_FLAGS = ["-O3", "-std=c++17"]
 RECORD_NAME = "prebuilt.json"
 """The file beside the packaged binaries that holds each one's build key."""
+BINARY_SUFFIX = ".kernel"
+"""The packaged binaries' suffix: not an extension-module suffix, so that no tool that imports
+every module of the package (documentation generators, module walkers) loads them; the AVX512
+one would stop a CPU without AVX512 with an illegal instruction. torch.ops.load_library opens them."""
 
 
 def cpu_isa() -> str:
