@@ -73,19 +73,26 @@ def _trl(student: torch.Tensor, teacher: torch.Tensor, temperature: float, beta:
     return trl_generalized_jsd_loss()(student, teacher, beta=beta, temperature=temperature) * temperature**2
 
 
+def reference_loss(name: str) -> Callable[..., torch.Tensor]:
+    """The reference formula of a token divergence: what kd's chunked and fused-linear paths evaluate."""
+    return {"kl": functools.partial(reference.softmax_kl, mode="kl"), "reverse_kl": reference.reverse_kl,
+            "jsd": functools.partial(reference.jsd, beta=TOKEN_LOSSES["jsd"])}[name]
+
+
+def _eager(name: str) -> Callable[..., torch.Tensor]:
+    """log_softmax + kl_div for kl and reverse_kl; the reference formula for jsd."""
+    return reference_loss(name) if name == "jsd" else functools.partial(_eager_kl, reverse=name == "reverse_kl")
+
+
 def token_implementations(name: str) -> dict[str, Callable]:
     """``kd`` (what kd_losses runs: the fused softmax_kl for kl, the chunked reference otherwise),
     ``eager`` (log_softmax + kl_div; the reference formula for jsd), ``compiled`` (torch.compile of
     eager) and ``trl`` (TRL's generalized_jsd_loss at the matching beta) of a token divergence,
     each called as ``f(student, teacher, temperature)``."""
-    beta = TOKEN_LOSSES[name]
-    if name == "jsd":
-        kd = functools.partial(kd_kernels.chunked, functools.partial(reference.jsd, beta=beta))
-        eager = functools.partial(reference.jsd, beta=beta)
-    else:
-        kd = kd_kernels.softmax_kl if name == "kl" else functools.partial(kd_kernels.chunked, reference.reverse_kl)
-        eager = functools.partial(_eager_kl, reverse=name == "reverse_kl")
-    return {"kd": kd, "eager": eager, "compiled": torch.compile(eager), "trl": functools.partial(_trl, beta=beta)}
+    kd = kd_kernels.softmax_kl if name == "kl" else functools.partial(kd_kernels.chunked, reference_loss(name))
+    eager = _eager(name)
+    return {"kd": kd, "eager": eager, "compiled": torch.compile(eager),
+            "trl": functools.partial(_trl, beta=TOKEN_LOSSES[name])}
 
 
 def token_step(function: Callable, student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -104,16 +111,13 @@ def linear_inputs() -> tuple[torch.Tensor, ...]:
 
 
 def linear_implementations(name: str) -> dict[str, Callable]:
-    """``kd`` (:func:`kd_kernels.chunked_linear` of the reference loss) and ``eager`` (the logits of
+    """``kd`` (:func:`kd_kernels.fused_linear` of the reference loss) and ``eager`` (the logits of
     both heads, then the eager loss of :func:`token_implementations`), each called as
     ``f(hidden_S, weight_S, hidden_T, weight_T, temperature)``."""
-    beta = TOKEN_LOSSES[name]
-    loss = {"kl": functools.partial(reference.softmax_kl, mode="kl"), "reverse_kl": reference.reverse_kl,
-            "jsd": functools.partial(reference.jsd, beta=beta)}[name]
-    eager = token_implementations(name)["eager"]
+    loss, eager = reference_loss(name), _eager(name)
 
     def fused(hidden_S, weight_S, hidden_T, weight_T, temperature):
-        return kd_kernels.chunked_linear(loss, hidden_S, weight_S, hidden_T, weight_T, temperature)
+        return kd_kernels.fused_linear(loss, hidden_S, weight_S, hidden_T, weight_T, temperature)
 
     def logits_first(hidden_S, weight_S, hidden_T, weight_T, temperature):
         return eager(hidden_S @ weight_S.T, hidden_T @ weight_T.T, temperature)

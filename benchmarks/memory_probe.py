@@ -10,6 +10,7 @@ autograd must return are not "extra"."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,41 +34,37 @@ def peak_rss_mib() -> float:
     return int(kib) / 1024
 
 
+def _peak_extra(step: Callable[..., None], function: Callable, inputs: tuple, differentiated: tuple) -> float:
+    """The peak resident memory ``step(function, *inputs)`` adds, with the gradients of
+    ``differentiated`` already resident (written, so their pages count): autograd must return them."""
+    for x in differentiated:
+        x.grad = torch.zeros_like(x)
+        x.grad.fill_(0.0)
+    before = peak_rss_mib()
+    step(function, *inputs)
+    return peak_rss_mib() - before
+
+
 def relation(name: str) -> float:
     function = implementations("relation_loss")[name]
     small = [x[:1, :1, :16] for x in relation_inputs()[:2]]
     relation_step(function, small[0].detach().requires_grad_(), small[1], torch.ones(1, 16))  # load kernels
-    v_s, v_t, mask = relation_inputs()
-    v_s.grad = torch.zeros_like(v_s)
-    before = peak_rss_mib()
-    relation_step(function, v_s, v_t, mask)
-    return peak_rss_mib() - before
+    inputs = relation_inputs()
+    return _peak_extra(relation_step, function, inputs, inputs[:1])
 
 
 def token(loss: str, name: str) -> float:
     function = token_implementations(loss)[name]
     student, teacher = token_inputs()
-    small = student[:256].detach().requires_grad_()
-    token_step(function, small, teacher[:256])  # load kernels, compile
-    del small
-    student.grad = torch.zeros_like(student)
-    student.grad.fill_(0.0)  # touched: resident before the step, as autograd's own result would be
-    before = peak_rss_mib()
-    token_step(function, student, teacher)
-    return peak_rss_mib() - before
+    token_step(function, student[:256].detach().requires_grad_(), teacher[:256])  # load kernels, compile
+    return _peak_extra(token_step, function, (student, teacher), (student,))
 
 
 def linear(loss: str, name: str) -> float:
     function = linear_implementations(loss)[name]
     inputs = linear_inputs()
-    small = (inputs[0][:256].detach().requires_grad_(), inputs[1], inputs[2][:256], inputs[3])
-    linear_step(function, *small)  # load kernels
-    for x in inputs[:2]:
-        x.grad = torch.zeros_like(x)
-        x.grad.fill_(0.0)
-    before = peak_rss_mib()
-    linear_step(function, *inputs)
-    return peak_rss_mib() - before
+    linear_step(function, inputs[0][:256].detach().requires_grad_(), inputs[1], inputs[2][:256], inputs[3])
+    return _peak_extra(linear_step, function, inputs, inputs[:2])
 
 
 PROBES = {"relation": relation, "token": token, "linear": linear}

@@ -2,7 +2,7 @@
 run, on the issue's shapes: ``softmax_kl`` forward+backward over fp32 [4096, 30522] at T=4,
 ``relation_loss`` as MiniLM's value relation at B=8, H=12, L=512, d=32, and the token-level
 divergences of decoder LMs (kl, reverse_kl, jsd) over fp32 [4096, 49152] at T=2 beside TRL's
-loss, and the same from hidden states and LM heads (``chunked_linear`` against the logits made
+loss, and the same from hidden states and LM heads (``fused_linear`` against the logits made
 first), with the peak extra memory of each implementation. Run with ``make bench``; ratios land in
 the results JSON."""
 

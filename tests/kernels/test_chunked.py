@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 
-from kd_kernels import chunked, chunked_linear, reference
+from kd_kernels import chunked, fused_linear, reference
 from kd_kernels.chunked import default_chunk_rows
 
 LOSSES = {
@@ -100,7 +100,7 @@ def test_without_a_gradient_only_the_value_is_computed(monkeypatch: pytest.Monke
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: differentiated.append(1) or grad(*a, **k))
     with torch.no_grad():
         value = chunked(reference.reverse_kl, student.requires_grad_(True), teacher, 1.0, mask, chunk_rows=3)
-        linear = chunked_linear(reference.reverse_kl, hidden_S.requires_grad_(True), weight_S.requires_grad_(True),
+        linear = fused_linear(reference.reverse_kl, hidden_S.requires_grad_(True), weight_S.requires_grad_(True),
                                 hidden_T, weight_T, 1.0, mask, chunk_rows=3)
     assert not differentiated
     torch.testing.assert_close(value, reference.reverse_kl(student, teacher, 1.0, mask), **TOLERANCE[torch.float32])
@@ -147,7 +147,7 @@ def test_the_fused_linear_variant_equals_the_loss_of_the_logits(dtype: torch.dty
                     temperature, mask)
 
     def fused(h, w, b):
-        return chunked_linear(loss, h, w, hidden_T, weight_T, temperature, mask, chunk_rows=chunk_rows, bias_S=b,
+        return fused_linear(loss, h, w, hidden_T, weight_T, temperature, mask, chunk_rows=chunk_rows, bias_S=b,
                               bias_T=bias_T)
 
     tolerance = TOLERANCE[dtype] if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
@@ -170,7 +170,7 @@ def test_the_fused_linear_head_gradient_adds_up_in_float32_for_bf16_heads() -> N
         if chunk_rows is None:
             value = loss(torch.nn.functional.linear(h_S, weight), torch.nn.functional.linear(h_T, w_T), 2.0, None)
         else:
-            value = chunked_linear(loss, h_S, weight, h_T, w_T, 2.0, None, chunk_rows=chunk_rows)
+            value = fused_linear(loss, h_S, weight, h_T, w_T, 2.0, None, chunk_rows=chunk_rows)
         value.backward()
         assert weight.grad.dtype == dtype
         return weight.grad.double()
@@ -183,4 +183,4 @@ def test_the_fused_linear_head_gradient_adds_up_in_float32_for_bf16_heads() -> N
 def test_the_fused_linear_variant_checks_its_heads() -> None:
     hidden_S, weight_S, _, hidden_T, weight_T, _, mask = _linear_inputs(torch.float64, False)
     with pytest.raises(ValueError, match="the heads must share a vocabulary: student 37, teacher 36"):
-        chunked_linear(reference.reverse_kl, hidden_S, weight_S, hidden_T, weight_T[:36], 1.0, mask)
+        fused_linear(reference.reverse_kl, hidden_S, weight_S, hidden_T, weight_T[:36], 1.0, mask)
