@@ -145,6 +145,17 @@ def teacher_cache_topk(results: dict[str, Any], source: str) -> list[str]:
             *_table(["loss", "T", "k", "full logits", "top-k cache", "relative error", "gradient error"], rows)]
 
 
+def step_normalization(results: dict[str, Any], source: str) -> list[str]:
+    """How far a step split across micro-batches or processes ends from the unsplit step."""
+    rows = [[name, "1 x 16", f"{split['l2_difference']:.3g}", f"{split['relative_to_other_seed']:.2g}"]
+            for name, split in results["splits"].items()]
+    return [f"Measured on {results['date']} by `{results['command']}` ({source}, {_machine(results['machine'])}): "
+            f"`{results['recipe']}`, {results['steps']} AdamW steps of a global batch of 16, dropout off; the L2 "
+            "norm of the student's weight difference, and that norm relative to the one another seed's 1 x 16 run "
+            f"ends at ({results['other_seed_l2']:.3g}).", "",
+            *_table(["split", "against", "L2 difference", "relative to another seed's"], rows)]
+
+
 def multi_teacher(results: dict[str, Any], source: str) -> list[str]:
     """A student from one teacher and from the ensemble of three."""
     teachers = ", ".join(f"{v:.3f}" for v in results["teachers_dev_accuracy"])
@@ -345,6 +356,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "probing": ("probing-demo.json", probing),
     "etd_convergence": ("etd-convergence-cpu-x86_64-2threads.json", etd_convergence),
     "teacher_cache_topk": ("teacher-cache-topk.json", teacher_cache_topk),
+    "step_normalization": ("step-normalization.json", step_normalization),
     "multi_teacher": ("multi-teacher-sst2.json", multi_teacher),
     "squad": ("squad-cpu-x86_64-2cores.json", squad),
     "general": ("general-cpu-x86_64-2threads.json", general),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kd_core.features import Features, FeaturesAdaptor
+
 
 class TinyEncoder(nn.Module):
     """Embedding, ``layers`` residual MLP blocks with dropout, mean pooling, a classifier.
@@ -48,3 +50,11 @@ class TokenDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+class MaskedFeaturesAdaptor(FeaturesAdaptor):
+    """The ``features`` adaptor for :class:`TinyEncoder`, which also gives its masks before the
+    model runs (as kd's own adaptors do), so the engine can count a step's tokens in advance."""
+
+    def masks(self, batch: dict[str, torch.Tensor]) -> Features:
+        return {"inputs_mask": batch["attention_mask"], "labels": batch["labels"], "logits_mask": None}

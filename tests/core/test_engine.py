@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from kd_core import (
+    METRICS_FILE,
+    Adaptor,
     BasicDistiller,
     BasicTrainer,
     ConfigError,
@@ -23,14 +25,14 @@ from kd_core import (
 )
 from kd_core.assembly import linear_schedule_with_warmup
 from kd_core.sampling import LengthGroupedBatchSampler
-from tests.core.models import TinyEncoder, TokenDataset
+from tests.core.models import MaskedFeaturesAdaptor, TinyEncoder, TokenDataset
 
 MATCHES = [{"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
             "proj": ["linear", 8, 16]}]
 
 
 def _distiller(output_dir: Path, dropout: float = 0.0, accumulation: int = 1, seed: int = 0,
-               **config) -> GeneralDistiller:
+               adaptor: Adaptor | None = None, **config) -> GeneralDistiller:
     torch.manual_seed(123)
     teacher = TinyEncoder(width=16, layers=2)
     student = TinyEncoder(width=8, layers=1, dropout=dropout)
@@ -38,7 +40,7 @@ def _distiller(output_dir: Path, dropout: float = 0.0, accumulation: int = 1, se
                                   gradient_accumulation_steps=accumulation, **config)
     distill_config = DistillationConfig(temperature=2, kd_loss_type="kl", hard_label_weight=0.5,
                                         intermediate_matches=MATCHES)
-    adaptor = lookup("adaptors", "features")()
+    adaptor = adaptor or lookup("adaptors", "features")()
     return GeneralDistiller(train_config, distill_config, teacher, student, adaptor, adaptor)
 
 
@@ -57,6 +59,35 @@ def test_four_accumulated_micro_batches_of_8_equal_one_batch_of_32(tmp_path: Pat
     assert any(not torch.equal(single[k], initial[k]) for k in initial), "training changed nothing"
     for key in single:
         torch.testing.assert_close(accumulated[key], single[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def _train_on(data: TokenDataset, output_dir: Path, batch_size: int, accumulation: int,
+              adaptor: Adaptor) -> tuple[dict[str, torch.Tensor], list[float]]:
+    distiller = _distiller(output_dir, accumulation=accumulation, adaptor=adaptor)
+    optimizer = torch.optim.SGD(distiller.model_S.parameters(), lr=0.5)
+    distiller.train(optimizer, DataLoader(data, batch_size=batch_size), num_epochs=2)
+    losses = [json.loads(line)["loss"] for line in (output_dir / METRICS_FILE).read_text().splitlines()]
+    weights = distiller.model_S.state_dict() | {f"proj.{k}": v for k, v in distiller.loss_plan.state_dict().items()}
+    return weights, losses
+
+
+def test_accumulated_micro_batches_of_ragged_lengths_equal_one_batch_token_for_token(tmp_path: Path) -> None:
+    # 40 sentences of 2 to 10 tokens: micro-batches of 8 hold different numbers of tokens, so the
+    # mean of their per-batch means is not the mean over the step's tokens (hidden_mse is a token
+    # mean); the last step of each epoch is one micro-batch of 8 in both runs
+    data = TokenDataset(size=40)
+    assert len({int(data.mask[i:i + 8].sum()) for i in range(0, 40, 8)}) > 1
+    differences = {}
+    for name, adaptor in (("masks", MaskedFeaturesAdaptor()), ("rows", lookup("adaptors", "features")())):
+        single, single_losses = _train_on(data, tmp_path / f"{name}-16", 16, 1, adaptor)
+        accumulated, accumulated_losses = _train_on(data, tmp_path / f"{name}-8x2", 8, 2, adaptor)
+        differences[name] = max(float((single[k] - accumulated[k]).abs().max()) for k in single)
+        if name == "masks":
+            torch.testing.assert_close(accumulated_losses, single_losses, rtol=1e-6, atol=0)
+    # with the masks the step is the token mean whatever the split; an adaptor that cannot say its
+    # masks in advance is weighted by rows (the mean of micro-batch means), which the split moves
+    assert differences["masks"] < 1e-6, differences
+    assert differences["rows"] > 1000 * differences["masks"], differences
 
 
 class _Interrupt(Exception):

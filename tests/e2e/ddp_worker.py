@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig, lookup
+from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig
 from kd_core.distributed import is_main_process
 from kd_core.validation import Validation
-from tests.core.models import TinyEncoder, TokenDataset
+from tests.core.models import MaskedFeaturesAdaptor, TinyEncoder, TokenDataset
 
 
 def _held_out_loss(model: torch.nn.Module) -> dict[str, float]:
@@ -37,18 +37,21 @@ def main() -> None:
     parser.add_argument("--ckpt-steps", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--validate", action="store_true", help="Score held-out rows every 2 steps, patience 2.")
+    parser.add_argument("--ragged", action="store_true", help="Sentences of 2 to 10 tokens instead of 10 each.")
+    parser.add_argument("--accumulate", type=int, default=1, help="Micro-batches per optimizer step.")
     args = parser.parse_args()
     torch.manual_seed(123)
     teacher = TinyEncoder(width=16, layers=2)
     torch.manual_seed(args.seed)
     student = TinyEncoder(width=8, layers=1)
-    adaptor = lookup("adaptors", "features")()
+    adaptor = MaskedFeaturesAdaptor()
     distiller = GeneralDistiller(
-        TrainingConfig(output_dir=str(args.output), progress=False, seed=args.seed, ckpt_steps=args.ckpt_steps),
+        TrainingConfig(output_dir=str(args.output), progress=False, seed=args.seed, ckpt_steps=args.ckpt_steps,
+                       gradient_accumulation_steps=args.accumulate),
         DistillationConfig(temperature=2, kd_loss_type="kl", hard_label_weight=0.5, intermediate_matches=[
             {"layer_T": 2, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "proj": ["linear", 8, 16]}]),
         teacher, student, adaptor, adaptor)
-    loader = DataLoader(TokenDataset(size=64, full=True, seed=4), batch_size=args.batch_size, shuffle=True)
+    loader = DataLoader(TokenDataset(size=64, full=not args.ragged, seed=4), batch_size=args.batch_size, shuffle=True)
     validation = Validation(_held_out_loss, "loss", greater_is_better=False, eval_steps=2, patience=2) \
         if args.validate else None
     result = distiller.train(torch.optim.AdamW(student.parameters(), lr=1e-2), loader, num_steps=args.steps,

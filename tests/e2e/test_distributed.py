@@ -45,6 +45,20 @@ def test_two_processes_follow_one_process_with_the_global_batch(tmp_path: Path) 
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 13)), "rank 0 alone writes metrics"
 
 
+def test_two_processes_and_two_micro_batches_follow_one_batch_token_for_token(tmp_path: Path) -> None:
+    # sentences of 2 to 10 tokens: each process's (or micro-batch's) half of a step holds another
+    # number of tokens, and every term is the mean over the whole step's tokens
+    _torchrun(2, tmp_path / "two", "--batch-size", "4", "--ragged")
+    _torchrun(1, tmp_path / "accumulated", "--batch-size", "4", "--accumulate", "2", "--ragged")
+    _torchrun(1, tmp_path / "one", "--batch-size", "8", "--ragged")
+    _torchrun(1, tmp_path / "other-seed", "--batch-size", "8", "--ragged", "--seed", "1")
+    one, other = _weights(tmp_path / "one"), _weights(tmp_path / "other-seed")
+    seed_effect = _max_difference(one, other)
+    for name in ("two", "accumulated"):
+        noise = _max_difference(_weights(tmp_path / name), one)
+        assert noise < 1e-5 and noise < seed_effect / 1000, (name, noise, seed_effect)
+
+
 def test_distributed_run_resumes_bit_for_bit(tmp_path: Path) -> None:
     _torchrun(2, tmp_path / "straight", "--batch-size", "4", "--ckpt-steps", "5")
     _torchrun(2, tmp_path / "resumed", "--batch-size", "4", "--ckpt-steps", "5")

@@ -187,3 +187,21 @@ def test_a_teacher_at_chance_level_is_said_to_be(tmp_path: Path, sst2_dir: Path,
     assert teacher["value"] <= teacher["chance"] + 0.05
     assert len(report["warnings"]) == 1 and "A student's retention against it means nothing" in report["warnings"][0]
     assert teacher["latency_device"].startswith("cpu (")
+
+
+@pytest.mark.real_teacher
+def test_a_head_the_teacher_lacks_starts_the_same_in_every_run(tmp_path: Path, sst2_dir: Path) -> None:
+    # a teacher checked with allow_untrained_head gets a random classifier: seeded by the recipe, so
+    # that two runs of one recipe (or one recipe split across processes) distil from the same teacher
+    import torch
+
+    from kd_core.preflight import check_recipe
+    from kd_core.schema import load_recipe
+
+    recipe, base = load_recipe(_recipe(tmp_path, sst2_dir, MINILM, teacher={"allow_untrained_head": True}))
+    heads = []
+    for state in (1, 2):
+        torch.manual_seed(state)  # whatever ran before in the process
+        teacher = next(iter(check_recipe(recipe, base).teachers.values()))
+        heads.append(teacher.classifier.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kd_core import ShapeError, lookup, registry
+from kd_core.normalization import count_items, items_of
 from tests.losses.cases import CASES, REAL, Case, case_id, cast, make, tensors, trim
 
 PADDED = REAL + 4
@@ -82,3 +83,24 @@ def test_a_teacher_of_another_batch_size_names_both_shapes(case: Case) -> None:
     if case.loss in ("attention_mse_sum", "attention_ce_mean"):  # compared after reducing the heads
         shown = [s[:1] + s[2:] for s in shown]
     assert all(str(s) in message for s in shown), message
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_the_declared_items_weigh_a_split_batch_back_into_the_whole(case: Case) -> None:
+    # what kd_core.normalization relies on: the loss of a batch is the mean of its parts' losses,
+    # each weighted by the items the loss declares it averages over
+    student, teacher, mask = make(case, PADDED, dtype=torch.float64)
+    loss = lookup("losses", case.loss)
+    items = items_of(loss)
+
+    def part(value, rows: slice):
+        return cast(value, lambda x: x[rows])
+
+    whole = loss(student, teacher, mask=mask, **case.params)
+    parts = [(count_items(items, mask[rows], len(mask[rows])),
+              loss(part(student, rows), part(teacher, rows), mask=mask[rows], **case.params))
+             for rows in (slice(0, 1), slice(1, None))]
+    weighted = sum(n * value for n, value in parts) / sum(n for n, _ in parts)
+    torch.testing.assert_close(whole, weighted)
+    unweighted = sum(value for _, value in parts) / len(parts)
+    assert not torch.allclose(whole, unweighted), "the parts' plain mean must differ, or the test proves nothing"

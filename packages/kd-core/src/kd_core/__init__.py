@@ -15,7 +15,9 @@ Features dict, adaptors), ``kd_core.hookspecs``, ``kd_core.inference`` (running 
 dataset), ``kd_core.labelling`` (teacher logits of a file), ``kd_core.loggers`` (experiment
 trackers beside metrics.jsonl), ``kd_core.loss_plan``, ``kd_core.metrics``, ``kd_core.model_card``
 (the README.md beside every saved model), ``kd_core.options`` (option types for commands),
-``kd_core.paths`` (model paths), ``kd_core.schedulers``, ``kd_core.schema`` (a recipe's sections), ``kd_core.size``,
+``kd_core.normalization`` (what a loss averages over: a step's items across micro-batches and
+processes), ``kd_core.paths`` (model paths), ``kd_core.schedulers``, ``kd_core.schema`` (a
+recipe's sections), ``kd_core.size``,
 ``kd_core.tasks`` (the Task protocol), ``kd_core.teacher_cache`` and ``kd_core.validation``
 (evaluation during training: the best weights, early stopping). The others (the engine, the
 runs, the CLI, the plugin manager) are kd-core's own and may change without notice.

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from kd_core.config import TrainingConfig
 from kd_core.distillers import BasicTrainer, GeneralDistiller, MultiTaskDistiller, MultiTeacherDistiller
@@ -112,11 +112,13 @@ def training_config(training: TrainingSpec, output_dir: Path) -> TrainingConfig:
 
 def train_loader(data: PreparedData, training: TrainingSpec) -> DataLoader:
     """The training data in seeded shuffled batches of the recipe's size (grouped by length when
-    the recipe asks for it)."""
+    the recipe asks for it). The sampler draws one permutation per epoch from a generator seeded
+    with ``training.seed``, as :class:`~kd_core.distributed.ShardedLoader` does under torchrun, so
+    one process with batch N x b sees the batches that N processes with batch b share."""
     generator = torch.Generator().manual_seed(training.seed)
     if not training.group_by_length:
-        return DataLoader(data.train, batch_size=training.batch_size, shuffle=True, collate_fn=data.collate,
-                          generator=generator)
+        return DataLoader(data.train, batch_size=training.batch_size, sampler=RandomSampler(data.train,
+                          generator=generator), collate_fn=data.collate)
     if launched_world_size() > 1:
         raise ConfigError("training.group_by_length: distributed runs shard one random permutation per epoch and "
                           "do not group by length yet; set group_by_length: false under torchrun")

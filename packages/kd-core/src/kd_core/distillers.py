@@ -23,8 +23,8 @@ from torch import nn
 from kd_core.config import DistillationConfig, IntermediateMatch, TrainingConfig
 from kd_core.engine import Engine
 from kd_core.errors import ConfigError
-from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, Features, as_adaptor
-from kd_core.loss_plan import LossPlan, hard_label_loss
+from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, Features, as_adaptor, batch_rows
+from kd_core.loss_plan import LossPlan, hard_label_items, hard_label_loss
 from kd_core.teacher_cache import TeacherCache
 
 AdaptorLike = Adaptor | Callable[[Any, Any], Any]
@@ -44,6 +44,10 @@ class BasicTrainer(Engine):
 
     def compute_losses(self, batch: Any, progress: float) -> dict[str, torch.Tensor]:
         return {"hard_label": hard_label_loss(self.adaptor_S.run(self.model_S, batch, self._needs))}
+
+    def item_counts(self, batch: Any) -> dict[str, float]:
+        labelled = hard_label_items(self.adaptor_S.masks(batch))
+        return {} if labelled is None else {"hard_label": labelled}
 
 
 class BasicDistiller(Engine):
@@ -134,6 +138,9 @@ class BasicDistiller(Engine):
         features_T = self.teacher_features(batch)
         features_S = self.adaptor_S.run(self.model_S, batch, self.loss_plan.needs_S)
         return self.loss_plan(features_S, features_T, progress)
+
+    def item_counts(self, batch: Any) -> dict[str, float]:
+        return self.loss_plan.item_counts(self.adaptor_S.masks(batch), batch_rows(batch))
 
 
 class GeneralDistiller(BasicDistiller):
@@ -347,3 +354,8 @@ class MultiTaskDistiller(BasicDistiller):
                                       self.loss_plan.needs_T)
         features_S = self.adaptors_S[task].run(self.model_S, inputs, self.loss_plan.needs_S)
         return {f"{task}.{name}": value for name, value in self.loss_plan(features_S, features_T, progress).items()}
+
+    def item_counts(self, batch: Any) -> dict[str, float]:
+        task, inputs = batch
+        counts = self.loss_plan.item_counts(self.adaptors_S[task].masks(inputs), batch_rows(inputs))
+        return {f"{task}.{name}": value for name, value in counts.items()}

@@ -72,6 +72,18 @@ class Distributed:
             dist.all_reduce(tensor)
         return tensor
 
+    def sum_counts(self, counts: dict[str, float]) -> dict[str, float]:
+        """Each key's sum over the ranks that have it (``counts`` itself when not distributed)."""
+        if not self.active or self.world_size == 1:
+            return dict(counts)
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, counts)
+        total: dict[str, float] = {}
+        for rank_counts in gathered:
+            for key, value in rank_counts.items():
+                total[key] = total.get(key, 0.0) + value
+        return total
+
     def average_gradients(self, params: list[torch.Tensor]) -> None:
         """Average the gradients of ``params`` over all ranks (missing gradients count as zeros)."""
         if not self.active or self.world_size == 1:

@@ -4,6 +4,11 @@ One loop: micro-batches with gradient accumulation, autocast, gradient clipping,
 scheduler, a progress bar, ``metrics.jsonl``, checkpoints and exact resume. Distillers differ
 only in :meth:`Engine.compute_losses`: how they turn a batch into named loss terms.
 
+Each term is a mean over the items of the whole optimizer step (its tokens, say), across its
+accumulated micro-batches and every process, not a mean of per-micro-batch means
+(:mod:`kd_core.normalization`): the micro-batches of a step are drawn first, their items counted
+(:meth:`Engine.item_counts`), and each micro-batch's term weighted by its share.
+
 Exact resume: a checkpoint stores the model, optimizer, scheduler, grad scaler, loss-plan
 projections, every RNG state, the data position (epoch, micro-batches consumed) and the RNG
 states the data loader drew its order from at the start of that epoch. On resume the loader
@@ -43,6 +48,7 @@ from kd_core.config import TrainingConfig
 from kd_core.errors import ConfigError, KDError, NonFiniteLossError
 from kd_core.features import Adaptor, as_adaptor, batch_rows, to_device, trim_padding
 from kd_core.loggers import Logger
+from kd_core.normalization import BATCH_ROWS, step_weights, weight_of
 from kd_core.plugins import lookup
 from kd_core.validation import Validation
 
@@ -108,6 +114,13 @@ class Engine:
     def compute_losses(self, batch: Any, progress: float) -> dict[str, torch.Tensor]:
         """Named loss terms for one micro-batch (already on the device)."""
         raise NotImplementedError
+
+    def item_counts(self, batch: Any) -> dict[str, float]:
+        """How many items (:mod:`kd_core.normalization`) each term of :meth:`compute_losses`
+        averages over in ``batch``, computed from the batch alone; a term left out is weighted by
+        the batch's rows. The engine weighs every term of a micro-batch by its share of the whole
+        optimizer step's items."""
+        return {}
 
     def extra_modules(self) -> dict[str, nn.Module]:
         """Trainable modules besides the student (projections), saved in checkpoints."""
@@ -207,7 +220,6 @@ class Engine:
         last_checkpoint: Path | None = None
         started = time.perf_counter()
         sums: dict[str, float] = {}
-        pending = 0
         examples = 0  # this process's, since this call started
         skipped = resume_state.get("skipped_nonfinite", 0) if resume_state else 0
         optimizer.zero_grad(set_to_none=True)
@@ -217,33 +229,37 @@ class Engine:
             while position.global_step < total_steps and not stopped:
                 iterator, epoch_rng = self._epoch_iterator(dataloader, position, resume_state)
                 resume_state = None
-                for batch in iterator:
-                    position.batch_in_epoch += 1
-                    if batch_postprocessor is not None:
-                        batch = batch_postprocessor(batch)
-                    batch = to_device(batch, self.device)
-                    examples += batch_rows(batch)
-                    if t.trim_padding:
-                        batch = trim_padding(batch)
-                    progress = position.global_step / total_steps
-                    with autocast:
-                        terms = self.compute_losses(batch, progress)
-                    try:
-                        total = _checked_total(terms, position.global_step + 1)
-                    except NonFiniteLossError:
-                        if not t.skip_nonfinite:
-                            raise
-                        skipped += 1
-                    else:
-                        loss = total / accum
+                while True:
+                    group, end_of_epoch = self._next_micro_batches(iterator, position, accum, epoch_len,
+                                                                   batch_postprocessor)
+                    if not group:  # an iterable without length ran out at a step's boundary
+                        position.epoch += 1
+                        position.batch_in_epoch = 0
+                        break
+                    counts = [{**self.item_counts(batch), BATCH_ROWS: float(batch_rows(batch))} for batch in group]
+                    step_shares = step_weights(counts, self.dist.sum_counts, self.dist.world_size)
+                    own_shares = step_weights(counts, dict, 1)  # what this process logs
+                    for batch, shares, own in zip(group, step_shares, own_shares, strict=True):
+                        batch = to_device(batch, self.device)
+                        examples += batch_rows(batch)
+                        if t.trim_padding:
+                            batch = trim_padding(batch)
+                        progress = position.global_step / total_steps
+                        with autocast:
+                            terms = self.compute_losses(batch, progress)
+                        try:
+                            _check_finite(terms, position.global_step + 1)
+                        except NonFiniteLossError:
+                            if not t.skip_nonfinite:
+                                raise
+                            skipped += 1
+                            continue
+                        loss = sum(weight_of(shares, name) * value for name, value in terms.items())
                         (scaler.scale(loss) if scaler else loss).backward()
                         for name, value in terms.items():
-                            sums[name] = sums.get(name, 0.0) + float(value.detach()) / accum
-                        sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) / accum
-                    pending += 1
-                    end_of_epoch = epoch_len is not None and position.batch_in_epoch >= epoch_len
-                    if pending < accum and not end_of_epoch:
-                        continue
+                            share = weight_of(own, name) * float(value.detach())
+                            sums[name] = sums.get(name, 0.0) + share
+                            sums["loss"] = sums.get("loss", 0.0) + share
                     self._optimizer_step(optimizer, scheduler, scaler, params, max_grad_norm)
                     position.global_step += 1
                     step_in_epoch = math.ceil(position.batch_in_epoch / accum)
@@ -269,7 +285,7 @@ class Engine:
                     bar.update(1)
                     bar.set_postfix(loss=f"{last_loss:.4f}", **(_bar_fields(validation) if validation else {}),
                                     refresh=False)
-                    sums, pending = {}, 0
+                    sums = {}
                     if self.dist.is_main and (stopped or self._checkpoint_due(
                             position.global_step, total_steps, step_in_epoch, steps_per_epoch, epoch_done,
                             end_of_epoch)):
@@ -281,10 +297,6 @@ class Engine:
                             self.model_S.train()
                     if position.global_step >= total_steps or end_of_epoch or stopped:
                         break
-                else:
-                    if epoch_len is None:  # an iterable without length ran out: a new epoch
-                        position.epoch += 1
-                        position.batch_in_epoch = 0
                 if num_epochs is not None and position.epoch >= num_epochs:
                     break
         finally:
@@ -340,6 +352,24 @@ class Engine:
             next(iterator)
         set_rng_state(resume_state["rng"])
         return iterator, epoch_rng
+
+    @staticmethod
+    def _next_micro_batches(iterator: Iterator[Any], position: _Position, accum: int, epoch_len: int | None,
+                            batch_postprocessor: Callable[[Any], Any] | None) -> tuple[list[Any], bool]:
+        """The next optimizer step's micro-batches (``accum`` of them, fewer where the epoch ends),
+        each through ``batch_postprocessor``, and whether they end the epoch. All are drawn before
+        the first runs, so that the step's items are counted before its first backward."""
+        group: list[Any] = []
+        while len(group) < accum:
+            if epoch_len is not None and position.batch_in_epoch >= epoch_len:
+                return group, True
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return group, True
+            position.batch_in_epoch += 1
+            group.append(batch if batch_postprocessor is None else batch_postprocessor(batch))
+        return group, epoch_len is not None and position.batch_in_epoch >= epoch_len
 
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                         params: list[torch.Tensor], max_grad_norm: float) -> None:
@@ -479,17 +509,14 @@ def _bar_fields(validation: Validation) -> dict[str, str]:
     return fields
 
 
-def _checked_total(terms: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+def _check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
     if not terms:
         raise ConfigError("the loss plan has no terms: every weight is zero and no match is configured")
-    total = None
     for name, value in terms.items():
         if not torch.isfinite(value.detach()).all():
             raise NonFiniteLossError(
                 f"loss term {name!r} is {float(value.detach())} at step {step}; lower the learning "
                 "rate, check the inputs, or use mixed_precision 'bf16' instead of 'fp16'")
-        total = value if total is None else total + value
-    return total
 
 
 def _add_param_groups(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> None:

@@ -71,6 +71,15 @@ class Adaptor:
         """Run ``model`` on ``batch`` and extract the features in ``needs``."""
         return self(batch, call_model(model, batch))
 
+    def masks(self, batch: Any) -> Features:
+        """The features of ``batch`` that say which items the losses average over (``inputs_mask``,
+        ``logits_mask``, ``labels``), exactly as :meth:`run` will give them, but computed from the
+        batch alone, before any model runs. The engine counts a whole optimizer step's items from
+        them before its first backward pass (:mod:`kd_core.normalization`). A key left out is not
+        known in advance (None means known to be absent); the terms that read it are then weighted
+        by the batch's rows. The base class knows none."""
+        return {}
+
     def __call__(self, batch: Any, model_outputs: Any) -> Features:
         raise NotImplementedError
 

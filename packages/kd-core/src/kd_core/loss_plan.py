@@ -21,6 +21,7 @@ from torch import nn
 from kd_core.config import DistillationConfig, IntermediateMatch
 from kd_core.errors import ConfigError, ShapeError
 from kd_core.features import FEATURE_KEYS, FeatureNeeds, Features
+from kd_core.normalization import count_items, items_of
 from kd_core.plugins import lookup
 
 
@@ -118,6 +119,23 @@ class LossPlan(nn.Module):
             terms[term.name] = self._match_term(term, features_S, _require(features_T, "teacher"))
         return terms
 
+    def item_counts(self, masks: Features, rows: int) -> dict[str, float]:
+        """Each term's items in a batch (:mod:`kd_core.normalization`), from the student adaptor's
+        :meth:`~kd_core.features.Adaptor.masks` of the batch and its ``rows``; a term whose mask is
+        not known in advance is left out (the engine then weighs it by rows)."""
+        counts: dict[str, float] = {}
+        if self.kd_loss is not None and "logits_mask" in masks:
+            mask = _as_list(masks["logits_mask"])[0]
+            counts["kd"] = count_items(items_of(self.kd_loss), mask, rows)
+        if self.uses_hard_labels:
+            labelled = hard_label_items(masks)
+            if labelled is not None:
+                counts["hard_label"] = labelled
+        if "inputs_mask" in masks:
+            for term in self.matches:
+                counts[term.name] = count_items(items_of(term.loss), masks["inputs_mask"], rows)
+        return counts
+
     def _kd_term(self, features_S: Features, features_T: Features, progress: float) -> torch.Tensor:
         logits_S = _as_list(_feature(features_S, "logits", "student"))
         logits_T = _as_list(_feature(features_T, "logits", "teacher"))
@@ -196,6 +214,22 @@ def hard_label_loss(features: Features) -> torch.Tensor:
             total = total + F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
         else:
             total = total + flat_logits.sum() * 0.0
+    return total
+
+
+def hard_label_items(masks: Features) -> float | None:
+    """The labelled rows :func:`hard_label_loss` averages over (labels not -100 in real rows of
+    ``logits_mask``), from an adaptor's :meth:`~kd_core.features.Adaptor.masks`; None when its
+    labels or row mask are not known in advance."""
+    if masks.get("labels") is None or "logits_mask" not in masks:
+        return None
+    total = 0.0
+    labels = _as_list(masks["labels"])
+    for label, mask in zip(labels, _as_list(masks["logits_mask"], len(labels)), strict=True):
+        real = label.reshape(-1) != -100
+        if mask is not None:
+            real &= mask.reshape(-1) != 0
+        total += float(real.sum())
     return total
 
 

@@ -32,6 +32,7 @@ from kd_core.assembly import (
     train_loader,
     validation_metrics,
 )
+from kd_core.engine import seed_everything
 from kd_core.errors import ConfigError
 from kd_core.features import FeatureNeeds, Features, to_device, trim_padding
 from kd_core.loss_plan import LossPlan, hard_label_loss
@@ -63,6 +64,7 @@ def check_recipe(recipe: Recipe, base_dir: Path | None = None) -> Check:
     _check_metrics(task, recipe)
     _check_loggers(recipe)
     _check_augment(recipe)
+    seed_everything(recipe.training.seed)  # a head the teacher lacks starts the same in every run
     teachers = load_teachers(task, recipe)
     if recipe.tasks is not None:
         check = _check_multitask(task, recipe, teachers, base_dir)

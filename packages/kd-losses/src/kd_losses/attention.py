@@ -17,6 +17,7 @@ import torch
 
 import kd_kernels
 from kd_core.errors import ShapeError
+from kd_core.normalization import averages_over
 from kd_kernels import reference
 from kd_losses.checks import is_pair, pair, rank, ranks, same_kind, same_shape, same_shape_but_width, token_mask
 
@@ -47,6 +48,7 @@ def qk_pairs(name: str, input_S: AttentionInput, input_T: AttentionInput,
     return q_s, k_s, q_t, k_t
 
 
+@averages_over("pairs")
 def attention_mse(attention_S: AttentionInput, attention_T: AttentionInput,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """``mean_{h, real i, real j} (A_S - A_T)^2`` (TextBrewer's ``attention_mse``). On
@@ -60,6 +62,7 @@ def attention_mse(attention_S: AttentionInput, attention_T: AttentionInput,
     return reference.map_mse(attention_S, attention_T, mask)
 
 
+@averages_over("pairs")
 def attention_mse_sum(attention_S: torch.Tensor, attention_T: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """TextBrewer's ``attention_mse_sum``: the maps summed over heads, then
@@ -72,6 +75,7 @@ def attention_mse_sum(attention_S: torch.Tensor, attention_T: torch.Tensor,
     return reference.map_mse(summed_S, summed_T, mask)
 
 
+@averages_over("rows")
 def attention_ce(attention_S: AttentionInput, attention_T: AttentionInput,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """TextBrewer's ``attention_ce`` on pre-softmax scores: ``mean_{h, real i} -sum_{real j}
@@ -85,6 +89,7 @@ def attention_ce(attention_S: AttentionInput, attention_T: AttentionInput,
     return reference.map_softmax_kl(attention_S, attention_T, mask, mode="ce")
 
 
+@averages_over("rows")
 def attention_ce_mean(attention_S: torch.Tensor, attention_T: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """TextBrewer's ``attention_ce_mean``: the scores averaged over heads, then ``attention_ce``
@@ -97,6 +102,7 @@ def attention_ce_mean(attention_S: torch.Tensor, attention_T: torch.Tensor,
     return reference.map_softmax_kl(mean_S, mean_T, mask, mode="ce")
 
 
+@averages_over("rows")
 def attention_kl(attention_S: AttentionInput, attention_T: AttentionInput,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """MiniLM's self-attention distribution transfer (Wang et al. 2020, equation 6):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 import kd_kernels
+from kd_core.normalization import averages_over
 from kd_kernels import reference
 from kd_losses.checks import pair, rank, ranks, row_mask, same_shape, same_shape_but_width, token_mask
 
@@ -31,6 +32,7 @@ def _check(name: str, state_S: torch.Tensor, state_T: torch.Tensor, mask: torch.
     row_mask(name, mask, state_S.shape[:-1], _MASK)
 
 
+@averages_over("rows")
 def hidden_mse(state_S: States, state_T: States, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error over the entries of real tokens, ``mean_{real t} mean_d (h_S - h_T)^2``
     (TextBrewer's ``hidden_mse``; TinyBERT's hidden-state and embedding losses, Jiao et al. 2020,
@@ -40,6 +42,7 @@ def hidden_mse(state_S: States, state_T: States, mask: torch.Tensor | None = Non
     return reference.hidden_mse(state_S, state_T, mask)
 
 
+@averages_over("rows")
 def cos(state_S: States, state_T: States, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over real tokens of ``1 - cos(h_S, h_T)`` (TextBrewer's ``cos``; DistilBERT's
     cosine embedding loss on the last hidden states, Sanh et al. 2019). States [B, L, D] with a
@@ -48,6 +51,7 @@ def cos(state_S: States, state_T: States, mask: torch.Tensor | None = None) -> t
     return reference.cosine_distance(state_S, state_T, mask)
 
 
+@averages_over("sequences")
 def pkd(state_S: States, state_T: States, mask: torch.Tensor | None = None) -> torch.Tensor:
     """BERT-PKD (Sun et al. 2019): ``mean_b |c_S / |c_S| - c_T / |c_T| |^2`` of the first token's
     state ``c`` ([CLS]) of [B, L, D] inputs, or of [B, D] vectors directly. Examples whose first
@@ -71,6 +75,7 @@ def _pair_of_states(name: str, side: str, value: StatePair) -> tuple[torch.Tenso
     return x0, x1
 
 
+@averages_over("sequences")
 def fsp(state_S: StatePair, state_T: StatePair, mask: torch.Tensor | None = None) -> torch.Tensor:
     """TextBrewer's ``fsp`` (alias ``gram``), a variant of the FSP matrix of Yim et al. 2017: per
     example ``G = X0^T X1 / n`` [D0, D1] over its n real tokens, then ``mean (G_S - G_T)^2`` over
@@ -84,6 +89,7 @@ def fsp(state_S: StatePair, state_T: StatePair, mask: torch.Tensor | None = None
     return reference.gram_mse((s0, s1), (t0, t1), mask)
 
 
+@averages_over("pairs")
 def nst(state_S: StatePair, state_T: StatePair, mask: torch.Tensor | None = None) -> torch.Tensor:
     """TextBrewer's ``nst`` (alias ``mmd``), a variant of Neuron Selectivity Transfer (Huang &
     Wang 2017): the token-similarity matrix ``S = X0 X1^T / D`` [L, L] of each side and

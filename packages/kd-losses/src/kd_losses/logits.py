@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 import kd_kernels
+from kd_core.normalization import averages_over
 from kd_kernels import reference
 from kd_losses.checks import ranks, row_mask, same_shape, temperature_rows
 
@@ -32,6 +33,7 @@ def _check(name: str, logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torc
     temperature_rows(name, temperature, logits_S.shape[:-1])
 
 
+@averages_over("rows")
 def ce(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
        temperature: Temperature = 1.0) -> torch.Tensor:
     """Soft cross-entropy ``mean_rows -sum_c p_T log p_S`` with ``p = softmax(z / T)`` and no T^2
@@ -41,6 +43,7 @@ def ce(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None
     return kd_kernels.softmax_kl(logits_S, logits_T, temperature, mask, mode="ce")
 
 
+@averages_over("rows")
 def kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
        temperature: Temperature = 1.0) -> torch.Tensor:
     """``T^2 * mean_rows KL(p_T || p_S)`` (Hinton et al. 2015); the T^2 keeps gradient
@@ -50,6 +53,7 @@ def kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None
     return kd_kernels.softmax_kl(logits_S, logits_T, temperature, mask, mode="kl")
 
 
+@averages_over("rows")
 def mse(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
         temperature: Temperature = 1.0) -> torch.Tensor:
     """Mean squared error of ``z / T`` over the entries of real rows (TextBrewer's ``mse``; Ba &
@@ -58,6 +62,7 @@ def mse(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | Non
     return reference.logit_mse(logits_S, logits_T, temperature, mask)
 
 
+@averages_over("rows")
 def reverse_kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
                temperature: Temperature = 1.0) -> torch.Tensor:
     """``T^2 * mean_rows KL(p_S || p_T)``, mode-seeking (MiniLLM, Gu et al. 2024): the student
@@ -67,6 +72,7 @@ def reverse_kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tenso
     return kd_kernels.chunked(reference.reverse_kl, logits_S, logits_T, temperature, mask)
 
 
+@averages_over("rows")
 def jsd(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
         temperature: Temperature = 1.0, beta: float = 0.5) -> torch.Tensor:
     """Generalised Jensen-Shannon divergence (GKD, Agarwal et al. 2024):

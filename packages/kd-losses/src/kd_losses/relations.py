@@ -12,12 +12,14 @@ import math
 import torch
 
 import kd_kernels
+from kd_core.normalization import averages_over
 from kd_losses.checks import ranks, same_shape_but_width, token_mask
 
 _HEADS = "[B, H, L, d] per-head states"
 _STATES = "[B, L, D] states or [B, H, L, d] per-head states"
 
 
+@averages_over("rows")
 def value_relation_kl(v_S: torch.Tensor, v_T: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """MiniLM's self-attention value-relation transfer (Wang et al. 2020, equations 7-9):
     ``VR = softmax(V V^T / sqrt(d))`` per head and ``mean_{h, real i} KL(VR_T,h,i || VR_S,h,i)``.
@@ -28,6 +30,7 @@ def value_relation_kl(v_S: torch.Tensor, v_T: torch.Tensor, mask: torch.Tensor |
     return kd_kernels.relation_loss(v_S, v_S, v_T, v_T, mask, kind="kl")
 
 
+@averages_over("rows")
 def relation_kl(state_S: torch.Tensor, state_T: torch.Tensor, mask: torch.Tensor | None = None,
                 num_relation_heads: int | None = None) -> torch.Tensor:
     """MiniLMv2's multi-head self-attention relation distillation (Wang et al. 2021): the

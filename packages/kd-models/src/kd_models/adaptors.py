@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
 from kd_core.errors import ConfigError
-from kd_core.features import Adaptor, FeatureNeeds, Features
+from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, Features
 from kd_models.attention_capture import QKV, attention_probabilities, attention_scores, capture_qkv
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
@@ -97,6 +98,19 @@ class HFAdaptor(Adaptor):
             features["losses"] = [model_outputs.loss]
         return features
 
+
+    def masks(self, batch: Any) -> Features:
+        """``inputs_mask`` (the attention mask) and ``labels`` of the batch, and ``logits_mask`` when
+        the batch tells whether the head is token-level: token labels [B, L] or stored token-level
+        teacher logits [B, L, C] (the attention mask), or labels [B] (None: one row per example)."""
+        if not isinstance(batch, Mapping):
+            return {}
+        masks: Features = {"inputs_mask": batch.get("attention_mask"), "labels": batch.get("labels")}
+        labels, stored = batch.get("labels"), batch.get(TEACHER_LOGITS)
+        if labels is not None or stored is not None:
+            token_level = labels.dim() == 2 if labels is not None else stored.dim() == 3
+            masks["logits_mask"] = batch.get("attention_mask") if token_level else None
+        return masks
 
     def head_logits(self, batch: Any, model_outputs: Any) -> tuple[Any, Any]:
         """The task head's ``logits`` and their ``logits_mask`` (the attention mask for

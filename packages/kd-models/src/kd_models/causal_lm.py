@@ -98,11 +98,14 @@ class CausalLMAdaptor(HFAdaptor):
     position (:func:`next_token_labels`) and ``logits_mask`` the positions whose next token is
     learned."""
 
+    def masks(self, batch: Any) -> dict[str, Any]:
+        """``inputs_mask``, ``labels`` (the next tokens) and ``logits_mask`` (where one is learned)."""
+        labels = next_token_labels(batch)
+        return {"inputs_mask": batch.get("attention_mask"), "labels": labels,
+                "logits_mask": (labels != IGNORE).long()}
+
     def __call__(self, batch: Any, model_outputs: Any) -> dict[str, Any]:
-        features = super().__call__(batch, model_outputs)
-        features["labels"] = next_token_labels(batch)
-        features["logits_mask"] = (features["labels"] != IGNORE).long()
-        return features
+        return {**super().__call__(batch, model_outputs), **self.masks(batch)}
 
     def head_logits(self, batch: Any, model_outputs: Any) -> tuple[Any, Any]:
         logits = getattr(model_outputs, "logits", None)

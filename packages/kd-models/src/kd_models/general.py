@@ -33,7 +33,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
 from kd_core.errors import ConfigError
-from kd_core.features import Adaptor
+from kd_core.features import Adaptor, Features
 from kd_core.inference import RunSettings
 from kd_core.schema import DataFile, ModelSpec, StudentSpec
 from kd_core.tasks import Evaluation
@@ -58,12 +58,16 @@ class GeneralAdaptor(HFAdaptor):
     [B, L, V] with ``logits_mask`` on the masked tokens (the positions whose ``labels`` are not
     -100), or None for a base model, which has none."""
 
+    def masks(self, batch: Any) -> Features:
+        """``inputs_mask``, ``labels`` and ``logits_mask``: the masked tokens (labels not -100), or
+        every real token without labels."""
+        labels = batch.get("labels")
+        return {**super().masks(batch),
+                "logits_mask": (labels != -100).long() if labels is not None else batch.get("attention_mask")}
+
     def head_logits(self, batch: Any, model_outputs: Any) -> tuple[Any, Any]:
         logits = getattr(model_outputs, "logits", None)
-        if logits is None:
-            return None, None
-        labels = batch.get("labels")
-        return logits, (labels != -100).long() if labels is not None else batch.get("attention_mask")
+        return (None, None) if logits is None else (logits, self.masks(batch)["logits_mask"])
 
 
 class CorpusCollator:

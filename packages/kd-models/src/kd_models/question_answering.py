@@ -41,7 +41,7 @@ from transformers import AutoModelForQuestionAnswering
 
 from kd_core.data import resolve_path
 from kd_core.errors import ConfigError
-from kd_core.features import MASKED_LOGIT, TEACHER_LOGITS, Adaptor, FeatureNeeds
+from kd_core.features import MASKED_LOGIT, TEACHER_LOGITS, Adaptor, FeatureNeeds, Features
 from kd_core.inference import RunSettings, run_model
 from kd_core.labelling import collate_teacher_logits
 from kd_core.schema import DataFile, ModelSpec, StudentSpec
@@ -59,6 +59,10 @@ class QuestionAnsweringAdaptor(HFAdaptor):
     (first and last token)."""
 
     logits_over_tokens = True
+
+    def masks(self, batch: Any) -> Features:
+        """``inputs_mask``, ``labels`` and ``logits_mask`` None (every start and end row counts)."""
+        return {**super().masks(batch), "logits_mask": None}
 
     def head_logits(self, batch: Any, model_outputs: Any) -> tuple[Any, Any]:
         start, end = getattr(model_outputs, "start_logits", None), getattr(model_outputs, "end_logits", None)
