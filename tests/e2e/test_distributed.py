@@ -17,13 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _torchrun(processes: int, output: Path, *args: str) -> None:
+def _torchrun(processes: int, output: Path, *args: str, fails: bool = False) -> str:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                "--master_port", str(29500 + os.getpid() % 1000), "-m", "tests.e2e.ddp_worker",
                "--output", str(output), *args]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=environment)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert (result.returncode != 0) == fails, result.stderr[-4000:]
+    return result.stderr
 
 
 def _weights(output: Path) -> dict[str, torch.Tensor]:
@@ -77,3 +78,38 @@ def test_the_main_process_decides_when_to_stop_and_which_weights_every_rank_keep
     assert two["stopped_early"] and (two["best_step"], two["last_step"]) == (one["best_step"], one["last_step"])
     assert two["best_step"] < two["last_step"] < 40
     assert _max_difference(_weights(tmp_path / "two"), _weights(tmp_path / "one")) < 1e-5
+
+
+def test_fsdp_shards_student_and_teacher_and_follows_one_process(tmp_path: Path) -> None:
+    _torchrun(2, tmp_path / "fsdp", "--batch-size", "4", "--ragged", "--distributed", "fsdp", "--report-held")
+    _torchrun(1, tmp_path / "one", "--batch-size", "8", "--ragged")
+    _torchrun(1, tmp_path / "other-seed", "--batch-size", "8", "--ragged", "--seed", "1")
+    for rank in (0, 1):  # each process held about half of each model while it trained
+        held = json.loads((tmp_path / "fsdp" / f"held-{rank}.json").read_text())
+        assert 0.3 < held["student"] < 0.7 and 0.3 < held["teacher"] < 0.7, held
+    one, other = _weights(tmp_path / "one"), _weights(tmp_path / "other-seed")
+    sharded = _weights(tmp_path / "fsdp")  # whole again: the student saved after training
+    assert sharded.keys() == one.keys() and all(sharded[k].shape == one[k].shape for k in one)
+    noise, seed_effect = _max_difference(sharded, one), _max_difference(one, other)
+    assert noise < 1e-5 and noise < seed_effect / 1000, (noise, seed_effect)
+
+
+def test_an_fsdp_run_resumes_bit_for_bit(tmp_path: Path) -> None:
+    arguments = ("--batch-size", "4", "--ragged", "--distributed", "fsdp", "--ckpt-steps", "5")
+    _torchrun(2, tmp_path / "straight", *arguments)
+    _torchrun(2, tmp_path / "resumed", *arguments)
+    for name in ("step-00000010", "step-00000012"):  # as if killed after step 5
+        shutil.rmtree(tmp_path / "resumed" / "checkpoints" / name)
+    _torchrun(2, tmp_path / "resumed", *arguments, "--resume")
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    error = _torchrun(2, tmp_path / "resumed", "--batch-size", "4", "--ragged", "--ckpt-steps", "5", "--resume",
+                      fails=True)
+    assert "training.distributed fsdp; resume it the same way" in error
+
+
+def test_fsdp_refuses_what_would_not_run_on_every_process(tmp_path: Path) -> None:
+    error = _torchrun(2, tmp_path / "validated", "--batch-size", "4", "--distributed", "fsdp", "--validate",
+                      fails=True)
+    assert "training.distributed 'fsdp' runs every forward on every process together" in error
+    assert "validation during training" in error

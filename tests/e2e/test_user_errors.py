@@ -205,3 +205,13 @@ def test_a_head_the_teacher_lacks_starts_the_same_in_every_run(tmp_path: Path, s
         teacher = next(iter(check_recipe(recipe, base).teachers.values()))
         heads.append(teacher.classifier.weight.detach().clone())
     assert torch.equal(heads[0], heads[1])
+
+
+def test_fsdp_with_what_it_cannot_run_is_refused_before_anything_runs(tmp_path: Path, sst2_dir: Path) -> None:
+    recipe = _recipe(tmp_path, sst2_dir, MINILM, training={"distributed": "fsdp"},
+                     data={"validation_split": 0.2}, distillation={"temperature": 2, "kd_loss_type": "kl",
+                                                                    "is_caching_logits": True})
+    code, output = _kd("distill", str(recipe), "--check")
+    assert code == 1
+    assert "training.distributed 'fsdp' runs every forward on every process together" in output
+    assert "data.validation" in output and "the teacher cache" in output and "or use 'ddp'" in output

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,32 @@ def test_the_example_recipe_checks_with_a_tiny_teacher(llama_dir: Path) -> None:
         "--set", "data.eval.limit=10", "--set", "data.max_length=32", "--set", "student.config.num_hidden_layers=2"])
     assert result.exit_code == 0, result.output
     assert "check passed" in result.output and "kd          kl" in result.output
+
+
+@pytest.mark.slow
+def test_an_fsdp_run_of_two_processes_follows_one_process(tmp_path: Path, llama_dir: Path) -> None:
+    # FSDP2 shards the Llama student and teacher (tied embeddings, grouped-query attention) across
+    # two processes; the student saved afterwards is whole, reloads, and ends where one process
+    # with the global batch ends; jsd's loss is normalised by the step's target tokens
+    import shutil
+    import subprocess
+    import sys
+
+    kd = shutil.which("kd") or str(Path(sys.executable).parent / "kd")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {"fsdp": (2, 2, "fsdp"), "one": (1, 4, "ddp")}
+    for name, (processes, batch_size, distributed) in runs.items():
+        (tmp_path / name).mkdir()
+        recipe = _recipe(tmp_path / name, llama_dir, batch_size=batch_size, distributed=distributed)
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                    "--master_port", str(29700 + os.getpid() % 500), kd] if processes > 1 else [kd]
+        result = subprocess.run([*launcher, "distill", str(recipe), "-o", str(tmp_path / name / "out")],
+                                capture_output=True, text=True, timeout=600, env=environment)
+        assert result.returncode == 0, result.stderr[-4000:]
+    sharded, one = (AutoModelForCausalLM.from_pretrained(tmp_path / name / "out" / "student").state_dict()
+                    for name in runs)
+    teacher = AutoModelForCausalLM.from_pretrained(llama_dir)
+    assert sharded.keys() == one.keys()
+    assert max(float((sharded[k] - one[k]).abs().max()) for k in one) < 1e-5
+    start = teacher.state_dict()["model.embed_tokens.weight"]  # layer_copy's student starts from it
+    assert not torch.allclose(one["model.embed_tokens.weight"], start), "training changed nothing"

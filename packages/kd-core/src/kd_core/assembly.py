@@ -106,7 +106,7 @@ def training_config(training: TrainingSpec, output_dir: Path) -> TrainingConfig:
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         mixed_precision=training.mixed_precision, progress=training.progress,
         keep_checkpoints=training.keep_checkpoints, skip_nonfinite=training.skip_nonfinite,
-        report_to=training.report_to,
+        report_to=training.report_to, distributed=training.distributed,
     )
 
 

@@ -111,6 +111,10 @@ class TrainingConfig(ConfigModel):
     report_to: list[str] = Field(default_factory=list)
     """Experiment trackers that receive every metrics.jsonl record, by registered name
     (:mod:`kd_core.loggers`; ``tensorboard`` is built in, ``kd plugins`` lists the rest)."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes (torchrun) train: ``ddp`` (every process holds the whole student
+    and teacher; gradients averaged) or ``fsdp`` (FSDP2: every process holds a shard of the
+    student's and the teachers' weights, :mod:`kd_core.sharding`). One process ignores it."""
 
     @model_validator(mode="after")
     def _fp16_alias(self) -> TrainingConfig:

@@ -86,6 +86,17 @@ class BasicDistiller(Engine):
         """Each teacher's adaptor, by the names of :meth:`teacher_models`."""
         return {"teacher": self.adaptor_T}
 
+    def use_teachers(self, teachers: dict[str, nn.Module]) -> None:
+        """Run ``teachers`` (by the names of :meth:`teacher_models`) from now on."""
+        self.model_T = teachers["teacher"]
+
+    def sharded_models(self) -> dict[str, nn.Module]:
+        return {**super().sharded_models(), **{f"teacher:{name}": m for name, m in self.teacher_models().items()}}
+
+    def use_models(self, models: dict[str, nn.Module]) -> None:
+        super().use_models(models)
+        self.use_teachers({name: models[f"teacher:{name}"] for name in self.teacher_models()})
+
     def prepare(self) -> None:
         super().prepare()
         config = self.d_config
@@ -203,6 +214,10 @@ class MultiTeacherDistiller(GeneralDistiller):
 
     def teacher_adaptors(self) -> dict[str, Adaptor]:
         return self.adaptors_T
+
+    def use_teachers(self, teachers: dict[str, nn.Module]) -> None:
+        self.models_T = dict(teachers)
+        self.model_T = self.models_T[self.teacher_names[0]]
 
     def teacher_features(self, batch: Any) -> Features:
         """Each teacher's features for what is read from it, and the ensemble's logits."""
@@ -335,6 +350,10 @@ class MultiTaskDistiller(BasicDistiller):
 
     def teacher_adaptors(self) -> dict[str, Adaptor]:
         return self.adaptors_T
+
+    def use_teachers(self, teachers: dict[str, nn.Module]) -> None:
+        self.models_T = dict(teachers)
+        self.model_T = self.models_T[self.tasks[0]]
 
     def train(self, optimizer: torch.optim.Optimizer, dataloaders: Mapping[str, Any], num_epochs: int | None = None,
               num_steps: int | None = None, tau: float = 1.0, **kwargs: Any):

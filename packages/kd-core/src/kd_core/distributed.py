@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, RandomSampler
 
 from kd_core.errors import ConfigError
+from kd_core.sharding import is_sharded
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,19 @@ class Distributed:
         return total
 
     def average_gradients(self, params: list[torch.Tensor]) -> None:
-        """Average the gradients of ``params`` over all ranks (missing gradients count as zeros)."""
+        """Average the gradients of ``params`` over all ranks (missing gradients count as zeros);
+        FSDP's shards (:mod:`kd_core.sharding`), which FSDP averages itself, are left alone."""
         if not self.active or self.world_size == 1:
             return
         grads = []
         for p in params:
+            if is_sharded(p):
+                continue
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
+        if not grads:
+            return
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= self.world_size

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kd_core import distributed
+from kd_core import distributed, sharding
 from kd_core.checkpoint import (
     CorruptCheckpointError,
     list_checkpoints,
@@ -59,6 +59,9 @@ RECORD_FIELDS = frozenset({"step", "epoch", "lr", "elapsed_s", "examples_per_s",
 """The fields of a metrics.jsonl record that are neither loss terms nor validation metrics
 (``kd_core.validation.PREFIX``): every other field is a loss term (``loss`` their weighted sum)."""
 CHECKPOINTS_DIR = "checkpoints"
+OPTIMIZER_BY_NAME = "by_parameter_name"
+"""The key under which a checkpoint of an FSDP run holds the optimizer's state, keyed by parameter
+names (``torch.distributed.checkpoint.state_dict``) instead of the positions of ``state_dict()``."""
 
 
 @dataclass
@@ -108,6 +111,7 @@ class Engine:
         self.device = torch.device(train_config.device)
         self.output_dir = Path(train_config.output_dir)
         self.dist = distributed.Distributed()
+        self._shards: dict[str, sharding.ShardedModel] = {}
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -121,6 +125,15 @@ class Engine:
         the batch's rows. The engine weighs every term of a micro-batch by its share of the whole
         optimizer step's items."""
         return {}
+
+    def sharded_models(self) -> dict[str, nn.Module]:
+        """The models ``training.distributed: fsdp`` shards, by role: the student, and the
+        distillers' teachers. :meth:`use_models` takes models back by the same roles."""
+        return {"student": self.model_S}
+
+    def use_models(self, models: dict[str, nn.Module]) -> None:
+        """Train and run ``models`` (by the roles of :meth:`sharded_models`) from now on."""
+        self.model_S = models["student"]
 
     def extra_modules(self) -> dict[str, nn.Module]:
         """Trainable modules besides the student (projections), saved in checkpoints."""
@@ -184,6 +197,8 @@ class Engine:
 
         self.prepare()
         _add_param_groups(optimizer, self.extra_param_groups())
+        if t.distributed == "fsdp" and self.dist.active:
+            self._shard(optimizer, validation, batch_postprocessor)
         if scheduler_class is not None:
             if scheduler is not None:
                 raise ConfigError("pass either scheduler or scheduler_class, not both")
@@ -286,15 +301,16 @@ class Engine:
                     bar.set_postfix(loss=f"{last_loss:.4f}", **(_bar_fields(validation) if validation else {}),
                                     refresh=False)
                     sums = {}
-                    if self.dist.is_main and (stopped or self._checkpoint_due(
-                            position.global_step, total_steps, step_in_epoch, steps_per_epoch, epoch_done,
-                            end_of_epoch)):
-                        last_checkpoint = self._save(position, optimizer, scheduler, scaler, epoch_rng,
-                                                     _loader_rng_state(dataloader), total_steps, accum, epoch_len,
-                                                     skipped, validation)
-                        if callback is not None:
-                            callback(model=self.model_S, step=position.global_step)
-                            self.model_S.train()
+                    if stopped or self._checkpoint_due(position.global_step, total_steps, step_in_epoch,
+                                                       steps_per_epoch, epoch_done, end_of_epoch):
+                        weights, optimizer_state = self._training_state(optimizer)  # every rank: FSDP gathers
+                        if self.dist.is_main:
+                            last_checkpoint = self._save(position, weights, optimizer_state, scheduler, scaler,
+                                                         epoch_rng, _loader_rng_state(dataloader), total_steps,
+                                                         accum, epoch_len, skipped, validation)
+                            if callback is not None:
+                                callback(model=self.model_S, step=position.global_step)
+                                self.model_S.train()
                     if position.global_step >= total_steps or end_of_epoch or stopped:
                         break
                 if num_epochs is not None and position.epoch >= num_epochs:
@@ -304,6 +320,9 @@ class Engine:
             metrics.close()
         if validation is not None:
             self._finish_validation(validation, position.global_step)
+        if self._shards:
+            self.use_models({role: shard.restore() for role, shard in self._shards.items()})
+            self._shards = {}
         self.dist.barrier()  # every rank returns once the main process has written all it writes
         if validation is None:
             return TrainResult(position.global_step, last_loss, last_checkpoint, self.output_dir)
@@ -371,12 +390,43 @@ class Engine:
             group.append(batch if batch_postprocessor is None else batch_postprocessor(batch))
         return group, epoch_len is not None and position.batch_in_epoch >= epoch_len
 
+    def _shard(self, optimizer: torch.optim.Optimizer, validation: Validation | None,
+               batch_postprocessor: Callable[[Any], Any] | None) -> None:
+        """Train and run sharded copies of :meth:`sharded_models` (:mod:`kd_core.sharding`)."""
+        refused = {"validation during training (score the saved student afterwards)": validation is not None,
+                   "a batch_postprocessor (such as on-policy sampling)": batch_postprocessor is not None,
+                   "the teacher cache": bool(getattr(self, "teacher_caches", None))}
+        named = [what for what, present in refused.items() if present]
+        if named:
+            raise ConfigError(f"training.distributed 'fsdp' runs every forward on every process together, which "
+                              f"{'; '.join(named)} would not; leave it out, or use 'ddp'")
+        originals = self.sharded_models()
+        trained = dict(originals["student"].named_parameters())  # before they move to the meta device
+        self._shards = {role: sharding.ShardedModel(model, self.device) for role, model in originals.items()}
+        sharding.point_optimizer_at(optimizer, trained, self._shards["student"].module)
+        self.use_models({role: shard.module for role, shard in self._shards.items()})
+
+    def _optimizer_holder(self) -> nn.Module:
+        """The modules whose parameters the optimizer steps, by the names its sharded state uses."""
+        return nn.ModuleDict({"student": self.model_S, **self.extra_modules()})
+
+    def _training_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The student's weights and the optimizer's state as a checkpoint holds them: whole, gathered
+        from every process under FSDP (so every process must call this), the optimizer's keyed by
+        parameter names there."""
+        if not self._shards:
+            return self.model_S.state_dict(), optimizer.state_dict()
+        return (self._shards["student"].full_state_dict(),
+                {OPTIMIZER_BY_NAME: sharding.optimizer_state(self._optimizer_holder(), optimizer)})
+
     def _optimizer_step(self, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                         params: list[torch.Tensor], max_grad_norm: float) -> None:
         self.dist.average_gradients(params)
         if scaler is not None:
             scaler.unscale_(optimizer)
-        if max_grad_norm is not None and max_grad_norm > 0:
+        if max_grad_norm is not None and max_grad_norm > 0 and self._shards:
+            sharding.clip_grad_norm(params, max_grad_norm)
+        elif max_grad_norm is not None and max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         if scaler is not None:
             scaler.step(optimizer)
@@ -399,9 +449,10 @@ class Engine:
         interval = max(1, steps_per_epoch // t.ckpt_frequency)
         return step_in_epoch % interval == 0 or end_of_epoch
 
-    def _save(self, position: _Position, optimizer: torch.optim.Optimizer, scheduler: Any,
-              scaler: Any, epoch_rng: dict[str, Any], loader_rng: dict[str, Any], total_steps: int, accum: int,
-              epoch_len: int | None, skipped_nonfinite: int = 0, validation: Validation | None = None) -> Path:
+    def _save(self, position: _Position, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any],
+              scheduler: Any, scaler: Any, epoch_rng: dict[str, Any], loader_rng: dict[str, Any], total_steps: int,
+              accum: int, epoch_len: int | None, skipped_nonfinite: int = 0,
+              validation: Validation | None = None) -> Path:
         state = {
             "skipped_nonfinite": skipped_nonfinite,
             "global_step": position.global_step,
@@ -410,7 +461,7 @@ class Engine:
             "total_steps": total_steps,
             "gradient_accumulation_steps": accum,
             "epoch_len": epoch_len,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "extra": {name: m.state_dict() for name, m in self.extra_modules().items()},
@@ -420,7 +471,7 @@ class Engine:
             **({"validation": validation.state_dict()} if validation is not None else {}),
         }
         root = self.output_dir / CHECKPOINTS_DIR
-        path = save_checkpoint(root, position.global_step, self.model_S.state_dict(), state)
+        path = save_checkpoint(root, position.global_step, weights, state)
         if self.t_config.keep_checkpoints is not None:
             for old in list_checkpoints(root)[: -self.t_config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -470,10 +521,20 @@ class Engine:
             detail = ", ".join(f"{k} was {old}, now {new}" for k, (old, new) in changed.items())
             raise KDError(f"cannot resume from {path}: the run changed ({detail}); "
                           "resume with the same data, steps and accumulation, or start afresh")
-        self.model_S.load_state_dict(model_state)
+        by_name = OPTIMIZER_BY_NAME in state["optimizer"]
+        if by_name != bool(self._shards):
+            raise KDError(f"cannot resume from {path}: it was written by a run with training.distributed "
+                          f"{'fsdp' if by_name else 'ddp (or one process)'}; resume it the same way")
+        if self._shards:
+            self._shards["student"].load_full_state_dict(model_state)
+        else:
+            self.model_S.load_state_dict(model_state)
         for name, module in self.extra_modules().items():
             module.load_state_dict(state["extra"][name])
-        optimizer.load_state_dict(state["optimizer"])
+        if self._shards:
+            sharding.load_optimizer_state(self._optimizer_holder(), optimizer, state["optimizer"][OPTIMIZER_BY_NAME])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"] is not None:

@@ -64,6 +64,7 @@ def check_recipe(recipe: Recipe, base_dir: Path | None = None) -> Check:
     _check_metrics(task, recipe)
     _check_loggers(recipe)
     _check_augment(recipe)
+    _check_sharding(recipe)
     seed_everything(recipe.training.seed)  # a head the teacher lacks starts the same in every run
     teachers = load_teachers(task, recipe)
     if recipe.tasks is not None:
@@ -134,6 +135,21 @@ def _check_loggers(recipe: Recipe) -> None:
     that are)."""
     for name in recipe.training.report_to:
         lookup("loggers", name)
+
+
+def _check_sharding(recipe: Recipe) -> None:
+    """What ``training.distributed: fsdp`` cannot run (:mod:`kd_core.sharding`), said before anything runs."""
+    if recipe.training.distributed != "fsdp":
+        return
+    data = recipe.data
+    refused = {"data.validation (scored during training on the main process alone)":
+               data is not None and (data.validation is not None or data.validation_split is not None),
+               "the teacher cache (distillation.is_caching_logits, teacher_cache_dir: its hits differ between "
+               "processes)": recipe.distillation.is_caching_logits or recipe.distillation.teacher_cache_dir}
+    named = [what for what, present in refused.items() if present]
+    if named:
+        raise ConfigError(f"training.distributed 'fsdp' runs every forward on every process together, which "
+                          f"{'; '.join(named)} would not; leave it out, or use 'ddp'")
 
 
 def _check_augment(recipe: Recipe) -> None:

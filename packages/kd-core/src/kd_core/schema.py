@@ -297,6 +297,9 @@ class TrainingSpec(ConfigModel):
     report_to: list[str] = Field(default_factory=list)
     """Experiment trackers that receive every metrics.jsonl record (``tensorboard``, or a plugin's;
     :mod:`kd_core.loggers`), writing under ``OUTPUT/logs``."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: ``ddp`` (whole models on every process) or ``fsdp`` (FSDP2 shards of the
+    student's and teachers' weights; :mod:`kd_core.sharding`)."""
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
