@@ -9,6 +9,10 @@ accumulated micro-batches and every process, not a mean of per-micro-batch means
 (:mod:`kd_core.normalization`): the micro-batches of a step are drawn first, their items counted
 (:meth:`Engine.item_counts`), and each micro-batch's term weighted by its share.
 
+Several processes (torchrun): data-parallel by default (:mod:`kd_core.distributed`), or with
+``training.distributed: fsdp`` on FSDP2 shards of the student and the teachers
+(:mod:`kd_core.sharding`).
+
 Exact resume: a checkpoint stores the model, optimizer, scheduler, grad scaler, loss-plan
 projections, every RNG state, the data position (epoch, micro-batches consumed) and the RNG
 states the data loader drew its order from at the start of that epoch. On resume the loader

@@ -19,7 +19,9 @@ What the engine does with it:
 
 Every forward of a sharded model is a collective, so every process must run the same forwards:
 work that runs on one process or a different number of times per process is refused (evaluation
-during training, the teacher cache, batch post-processors such as on-policy sampling).
+during training, the teacher cache, batch post-processors such as on-policy sampling), and the
+engine's checkpoint ``callback`` receives the sharded student (a forward there would wait for the
+other processes). A run that fails leaves the models passed to it on the meta device.
 """
 
 from __future__ import annotations
