@@ -101,7 +101,7 @@ def test_without_a_gradient_only_the_value_is_computed(monkeypatch: pytest.Monke
     with torch.no_grad():
         value = chunked(reference.reverse_kl, student.requires_grad_(True), teacher, 1.0, mask, chunk_rows=3)
         linear = fused_linear(reference.reverse_kl, hidden_S.requires_grad_(True), weight_S.requires_grad_(True),
-                                hidden_T, weight_T, 1.0, mask, chunk_rows=3)
+                              hidden_T, weight_T, 1.0, mask, chunk_rows=3)
     assert not differentiated
     torch.testing.assert_close(value, reference.reverse_kl(student, teacher, 1.0, mask), **TOLERANCE[torch.float32])
     logits = [torch.nn.functional.linear(h, w) for h, w in ((hidden_S, weight_S), (hidden_T, weight_T))]
@@ -148,7 +148,7 @@ def test_the_fused_linear_variant_equals_the_loss_of_the_logits(dtype: torch.dty
 
     def fused(h, w, b):
         return fused_linear(loss, h, w, hidden_T, weight_T, temperature, mask, chunk_rows=chunk_rows, bias_S=b,
-                              bias_T=bias_T)
+                            bias_T=bias_T)
 
     tolerance = TOLERANCE[dtype] if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
     for got, want in zip(run(fused), run(logits), strict=True):

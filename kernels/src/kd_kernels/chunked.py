@@ -176,9 +176,9 @@ class _FusedLinearLoss(torch.autograd.Function):
 
 
 def fused_linear(loss: RowLoss, hidden_S: torch.Tensor, weight_S: torch.Tensor, hidden_T: torch.Tensor,
-                   weight_T: torch.Tensor, temperature: Temperature = 1.0, mask: torch.Tensor | None = None,
-                   chunk_rows: int | None = None, bias_S: torch.Tensor | None = None,
-                   bias_T: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+                 weight_T: torch.Tensor, temperature: Temperature = 1.0, mask: torch.Tensor | None = None,
+                 chunk_rows: int | None = None, bias_S: torch.Tensor | None = None,
+                 bias_T: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
     """``loss(hidden_S @ weight_S.T + bias_S, hidden_T @ weight_T.T + bias_T, temperature, mask,
     **options)`` without the ``[N, V]`` logits: hidden states ``[..., d_S]`` / ``[..., d_T]``,
     LM heads ``[V, d_S]`` / ``[V, d_T]``, row mask and per-row temperature ``[...]``. Each chunk

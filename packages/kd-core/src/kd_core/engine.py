@@ -397,13 +397,10 @@ class Engine:
     def _shard(self, optimizer: torch.optim.Optimizer, validation: Validation | None,
                batch_postprocessor: Callable[[Any], Any] | None) -> None:
         """Train and run sharded copies of :meth:`sharded_models` (:mod:`kd_core.sharding`)."""
-        refused = {"validation during training (score the saved student afterwards)": validation is not None,
-                   "a batch_postprocessor (such as on-policy sampling)": batch_postprocessor is not None,
-                   "the teacher cache": bool(getattr(self, "teacher_caches", None))}
-        named = [what for what, present in refused.items() if present]
-        if named:
-            raise ConfigError(f"training.distributed 'fsdp' runs every forward on every process together, which "
-                              f"{'; '.join(named)} would not; leave it out, or use 'ddp'")
+        sharding.refuse_unsharded({
+            "validation during training (score the saved student afterwards)": validation is not None,
+            "a batch_postprocessor (such as on-policy sampling)": batch_postprocessor is not None,
+            "the teacher cache": bool(getattr(self, "teacher_caches", None))})
         originals = self.sharded_models()
         trained = dict(originals["student"].named_parameters())  # before they move to the meta device
         self._shards = {role: sharding.ShardedModel(model, self.device) for role, model in originals.items()}

@@ -38,6 +38,7 @@ from kd_core.features import FeatureNeeds, Features, to_device, trim_padding
 from kd_core.loss_plan import LossPlan, hard_label_loss
 from kd_core.plugins import lookup
 from kd_core.schema import Recipe, TrainingSpec
+from kd_core.sharding import refuse_unsharded
 from kd_core.tasks import PreparedData, Task, eval_metrics, get_metric, prepare_data
 
 
@@ -141,15 +142,12 @@ def _check_sharding(recipe: Recipe) -> None:
     """What ``training.distributed: fsdp`` cannot run (:mod:`kd_core.sharding`), said before anything runs."""
     if recipe.training.distributed != "fsdp":
         return
-    data = recipe.data
-    refused = {"data.validation (scored during training on the main process alone)":
-               data is not None and (data.validation is not None or data.validation_split is not None),
-               "the teacher cache (distillation.is_caching_logits, teacher_cache_dir: its hits differ between "
-               "processes)": recipe.distillation.is_caching_logits or recipe.distillation.teacher_cache_dir}
-    named = [what for what, present in refused.items() if present]
-    if named:
-        raise ConfigError(f"training.distributed 'fsdp' runs every forward on every process together, which "
-                          f"{'; '.join(named)} would not; leave it out, or use 'ddp'")
+    data, distillation = recipe.data, recipe.distillation
+    refuse_unsharded({
+        "data.validation (scored during training on the main process alone)":
+            data is not None and (data.validation is not None or data.validation_split is not None),
+        "the teacher cache (distillation.is_caching_logits, teacher_cache_dir: its hits differ between processes)":
+            bool(distillation.is_caching_logits or distillation.teacher_cache_dir)})
 
 
 def _check_augment(recipe: Recipe) -> None:

@@ -50,6 +50,15 @@ def _state_dict_api() -> Any:
     return state_dict
 
 
+def refuse_unsharded(unsupported: dict[str, bool]) -> None:
+    """Raise a ConfigError naming each present piece of ``unsupported`` (what -> present): work
+    that would not run the same forwards on every process."""
+    named = [what for what, present in unsupported.items() if present]
+    if named:
+        raise ConfigError(f"training.distributed 'fsdp' runs every forward on every process together, which "
+                          f"{'; '.join(named)} would not; leave it out, or use 'ddp'")
+
+
 def shard(module: nn.Module) -> None:
     """Shard ``module`` in place with FSDP2: each element of each ``nn.ModuleList``, then the root."""
     fully_shard = _fsdp()

@@ -98,7 +98,6 @@ class HFAdaptor(Adaptor):
             features["losses"] = [model_outputs.loss]
         return features
 
-
     def masks(self, batch: Any) -> Features:
         """``inputs_mask`` (the attention mask) and ``labels`` of the batch, and ``logits_mask`` when
         the batch tells whether the head is token-level: token labels [B, L] or stored token-level
