@@ -215,3 +215,11 @@ def test_fsdp_with_what_it_cannot_run_is_refused_before_anything_runs(tmp_path: 
     assert code == 1
     assert "training.distributed 'fsdp' runs every forward on every process together" in output
     assert "data.validation" in output and "the teacher cache" in output and "or use 'ddp'" in output
+
+
+def test_fsdp_with_fused_linear_is_refused_before_anything_runs(tmp_path: Path, sst2_dir: Path) -> None:
+    recipe = _recipe(tmp_path, sst2_dir, MINILM, training={"distributed": "fsdp"},
+                     distillation={"temperature": 2, "kd_loss_type": "kl", "fused_linear": True})
+    code, output = _kd("distill", str(recipe), "--check")
+    assert code == 1
+    assert "distillation.fused_linear runs a decoder without its LM head" in output and "'ddp'" in output

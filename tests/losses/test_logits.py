@@ -99,3 +99,29 @@ def test_wrong_shapes_name_both_shapes() -> None:
         lookup("losses", "value_relation_kl")(torch.zeros(2, 3, 4, 8), torch.zeros(2, 2, 4, 8))
     with pytest.raises(ShapeError, match=r"fsp: the student input must be a pair"):
         lookup("losses", "fsp")(torch.zeros(2, 4, 8), torch.zeros(2, 4, 8))
+
+
+@pytest.mark.parametrize("name,params", [("ce", {}), ("kl", {}), ("reverse_kl", {}), ("jsd", {"beta": 0.3})])
+def test_linear_logits_give_the_loss_of_their_logits_without_making_them(name: str, params: dict) -> None:
+    """``distillation.fused_linear``: hidden states and heads on both sides, over rows and a mask;
+    the value and the gradients of the student's hidden states, head weight and bias."""
+    from kd_core.features import LinearLogits
+
+    g = torch.Generator().manual_seed(5)
+    hidden_S = torch.randn(2, 9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    weight_S = torch.randn(13, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias_S = torch.randn(13, generator=g, dtype=torch.float64, requires_grad=True)
+    hidden_T, weight_T = torch.randn(2, 9, 6, generator=g, dtype=torch.float64), torch.randn(13, 6, generator=g,
+                                                                                            dtype=torch.float64)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    loss = lookup("losses", name)
+    student = LinearLogits(hidden_S, weight_S, bias_S)
+    fused = loss(student, LinearLogits(hidden_T, weight_T), mask=mask, temperature=2.0, **params)
+    whole = loss(student.materialize(), F.linear(hidden_T, weight_T), mask=mask, temperature=2.0, **params)
+    inputs = (hidden_S, weight_S, bias_S)
+    for got, want in zip((fused.detach(), *torch.autograd.grad(fused, inputs)),
+                         (whole.detach(), *torch.autograd.grad(whole, inputs)), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ShapeError, match="one side is LinearLogits"):
+        loss(student, F.linear(hidden_T, weight_T), mask=mask, **params)

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from kd_core import ConfigError, get_task, lookup
 from kd_core.cli import build_cli
 from kd_core.config import DistillationConfig
-from kd_core.features import FeatureNeeds
+from kd_core.features import LINEAR_LOGITS, FeatureNeeds, LinearLogits
 from kd_core.inference import RunSettings
 from kd_core.loss_plan import LossPlan
 from kd_core.measure import at_chance_warning, retention
@@ -106,6 +106,48 @@ def test_the_losses_read_next_token_distributions_on_real_targets(tokenizer, fam
     torch.testing.assert_close(terms["kd"], temperature ** 2 * kl / count, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(terms["hard_label"], ce / count, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(terms["hard_label"], student(**batch).loss, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", [tiny_llama, tiny_gpt2])
+def test_fused_linear_gives_the_terms_and_gradients_of_the_whole_logits(tokenizer, family) -> None:
+    """``distillation.fused_linear``: the adaptor runs the decoder alone and hands over its last
+    hidden states and LM head; the kd and LM terms and the student's gradients are those of the
+    logits, which never exist."""
+    teacher, student = family(len(tokenizer), seed=0), family(len(tokenizer), layers=2, seed=1)
+    batch = _batch(tokenizer, TEXTS)
+    adaptor, results = CausalLMAdaptor(), []
+    for fused in (False, True):
+        plan = LossPlan(DistillationConfig(temperature=2.0, kd_loss_type="jsd", kd_loss_params={"beta": 0.3},
+                                           hard_label_weight=0.5, fused_linear=fused))
+        with torch.no_grad():
+            features_T = adaptor.run(teacher, batch, plan.needs_T)
+        features_S = adaptor.run(student, batch, plan.needs_S)
+        assert isinstance(features_S["logits"], LinearLogits) == fused
+        terms = plan(features_S, features_T)
+        student.zero_grad()
+        sum(terms.values()).backward()
+        results.append((terms, {n: p.grad.clone() for n, p in student.named_parameters()}))
+    (whole, whole_grads), (fused_terms, fused_grads) = results
+    assert set(whole) == set(fused_terms) == {"kd", "hard_label"}
+    for name in whole:
+        torch.testing.assert_close(fused_terms[name], whole[name], rtol=1e-5, atol=1e-6)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    linear = adaptor.run(student, batch, FeatureNeeds({"logits": set(), LINEAR_LOGITS: set()}))["logits"]
+    with torch.no_grad():
+        torch.testing.assert_close(linear.materialize(), student(**batch).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_linear_refuses_a_model_that_transforms_its_logits_after_the_head(tokenizer) -> None:
+    model = tiny_llama(len(tokenizer))
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ConfigError, match="final_logit_softcapping"):
+        CausalLMAdaptor().run(model, _batch(tokenizer, TEXTS), FeatureNeeds({"logits": set(), LINEAR_LOGITS: set()}))
+
+
+def test_fused_linear_refuses_a_loss_that_reads_whole_logits() -> None:
+    with pytest.raises(ConfigError, match="kd_loss_type 'mse' reads whole logits"):
+        LossPlan(DistillationConfig(kd_loss_type="mse", fused_linear=True))
 
 
 def test_prompt_completion_pairs_learn_the_completion_only(tmp_path: Path, llama_dir: Path, tokenizer) -> None:
@@ -214,6 +256,25 @@ def test_kd_distill_runs_a_causal_lm_whose_student_reloads_and_generates(tmp_pat
     continuation = _greedy(saved.eval(), first_prompt, tokenizer.eos_token_id, 32)
     assert generations[0]["continuation"] == tokenizer.decode(continuation, skip_special_tokens=True)
     assert "## Generations" in (tmp_path / "o" / "student" / "README.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore:the teacher scores")
+def test_kd_distill_with_fused_linear_trains_the_student_the_whole_logits_train(tmp_path: Path,
+                                                                                 llama_dir: Path) -> None:
+    students = {}
+    for fused in (False, True):
+        recipe = yaml.safe_load(_recipe(tmp_path, llama_dir).read_text())
+        recipe["distillation"]["fused_linear"] = fused
+        path = tmp_path / f"fused-{fused}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        output = tmp_path / f"o-{fused}"
+        result = CliRunner().invoke(build_cli(), ["distill", str(path), "-o", str(output)])
+        assert result.exit_code == 0, result.output
+        students[fused] = AutoModelForCausalLM.from_pretrained(output / "student").state_dict()
+    apart = max(float((students[True][name] - students[False][name]).abs().max()) for name in students[True])
+    copied = AutoModelForCausalLM.from_pretrained(llama_dir).state_dict()["lm_head.weight"]  # layer_copy's head
+    trained = float((students[False]["lm_head.weight"] - copied).abs().max())
+    assert apart < 1e-5 and trained > 1e-3  # measured: 1.9e-6 apart after 6 steps that move the head 3.5e-3
 
 
 def test_a_packaged_gguf_file_is_named_by_package_and_file() -> None:
@@ -359,3 +420,22 @@ def test_an_fsdp_run_of_two_processes_follows_one_process(tmp_path: Path, llama_
     assert max(float((sharded[k] - one[k]).abs().max()) for k in one) < 1e-5
     start = teacher.state_dict()["model.embed_tokens.weight"]  # layer_copy's student starts from it
     assert not torch.allclose(one["model.embed_tokens.weight"], start), "training changed nothing"
+
+
+@pytest.mark.filterwarnings("ignore:the .* perplexity on data.eval")
+def test_a_teacher_fine_tuned_first_learns_the_text_and_teaches_from_its_folder(tmp_path: Path,
+                                                                                 llama_dir: Path) -> None:
+    recipe = yaml.safe_load(_recipe(tmp_path, llama_dir).read_text())
+    recipe["teacher"]["finetune"] = {"num_steps": 8, "learning_rate": 3e-3}
+    path = tmp_path / "finetune.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(build_cli(), ["distill", str(path), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    task, spec = get_task("causal_lm"), ModelSpec(model=str(llama_dir))
+    data = task.read(DataFile(**recipe["data"]["eval"]), spec, 32, None, "data.eval")
+    untrained = task.evaluate(task.load_teacher(spec), CausalLMAdaptor(), data, task.collator(spec), ["perplexity"],
+                              RunSettings(batch_size=len(data)))
+    assert report["teacher"]["metrics"]["perplexity"] < 0.9 * untrained.values["perplexity"]
+    finetuned = AutoModelForCausalLM.from_pretrained(tmp_path / "o" / "teacher" / "model")
+    assert finetuned.config.num_hidden_layers == tiny_llama(8).config.num_hidden_layers

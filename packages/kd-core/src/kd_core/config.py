@@ -227,6 +227,12 @@ class DistillationConfig(ConfigModel):
     kd_loss_params: dict[str, Any] = Field(default_factory=dict)
     """kd extension: keyword arguments of the logit loss (``{beta: 0.3}`` for ``jsd``)."""
     probability_shift: bool = False
+    fused_linear: bool = False
+    """kd extension: the logit loss and the hard-label loss take the student's and the teacher's
+    last hidden states and LM heads instead of their logits (:class:`~kd_core.features.LinearLogits`,
+    ``kd_kernels.fused_linear``), so no [N, V] logits exist in training: decoder LMs over large
+    vocabularies (task ``causal_lm``), with ``kl``, ``ce``, ``reverse_kl`` or ``jsd``. The teacher
+    runs in every step (no teacher cache), the temperature is constant, no probability shift."""
     intermediate_matches: list[IntermediateMatch] | None = None
     is_caching_logits: bool = False
     """TextBrewer's switch: keep the teacher's outputs in memory after the first epoch."""
@@ -245,6 +251,15 @@ class DistillationConfig(ConfigModel):
         if self.teacher_cache_top_k is not None and not (self.is_caching_logits or self.teacher_cache_dir):
             raise ValueError("teacher_cache_top_k compresses cached logits; also set is_caching_logits: true "
                              "or teacher_cache_dir")
+        if self.fused_linear:
+            refused = [what for what, present in (
+                ("a teacher cache (is_caching_logits, teacher_cache_dir), which stores logits",
+                 self.is_caching_logits or self.teacher_cache_dir is not None),
+                ("probability_shift, which moves logits", self.probability_shift),
+                ("a temperature_scheduler, which reads logits", self.temperature_scheduler != "none")) if present]
+            if refused:
+                raise ValueError(f"fused_linear never makes the logits, so it cannot be combined with "
+                                 f"{'; '.join(refused)}")
         return self
 
 

@@ -188,6 +188,9 @@ class MultiTeacherDistiller(GeneralDistiller):
         teachers = dict(model_T) if isinstance(model_T, Mapping) else {str(i): m for i, m in enumerate(model_T)}
         if not teachers:
             raise ConfigError("MultiTeacherDistiller needs at least one teacher")
+        if distill_config.fused_linear and len(teachers) > 1:
+            raise ConfigError("distillation.fused_linear reads one teacher's hidden states and LM head; several "
+                              "teachers are averaged as whole logits: leave fused_linear out")
         names = list(teachers)
         adaptors = list(adaptor_T) if isinstance(adaptor_T, (list, tuple)) else [adaptor_T] * len(names)
         if len(adaptors) != len(names):

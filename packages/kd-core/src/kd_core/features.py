@@ -10,6 +10,10 @@ Features are a plain dict with TextBrewer's adaptor keys plus kd's:
   [B, H, L, L] probabilities; ``attention_scores``: pre-softmax; ``q``, ``k``, ``v``: per-layer
   [B, H, L, d];
 - ``inputs_mask``: [B, L] (1 = real token).
+
+Where the loss plan asks for :data:`LINEAR_LOGITS` (``distillation.fused_linear``), an adaptor
+that can gives ``logits`` as :class:`LinearLogits`: the last hidden states and the LM head that
+would make them, so that no ``[N, V]`` logits tensor exists in training.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 Features = dict[str, Any]
 
@@ -34,6 +40,83 @@ unlike -inf it keeps every loss finite."""
 TEACHER_LOGITS = "teacher_logits"
 """The batch key of teacher logits stored with the data (a transfer set labelled by
 ``kd augment label``): distillers use them instead of running the teacher for its logits."""
+
+
+LINEAR_LOGITS = "linear_logits"
+"""The need (a :class:`FeatureNeeds` key) for ``logits`` given as :class:`LinearLogits`."""
+
+CROSS_ENTROPY_CHUNK_ELEMENTS = 2**22
+"""Logits per chunk of :meth:`LinearLogits.cross_entropy` (16 MiB of fp32)."""
+
+
+@dataclass(frozen=True)
+class LinearLogits:
+    """Logits ``hidden @ weight.T + bias`` that are never made whole: a decoder LM's last hidden
+    states ``[..., d]`` and its LM head (``weight`` [V, d], ``bias`` [V] or None).
+
+    Over a vocabulary of 49k to 256k tokens the logits of a batch are its largest tensor, and
+    their gradient another as large; kd's token-level losses take this form instead and make each
+    chunk of rows' logits themselves (``kd_kernels.fused_linear``; :meth:`cross_entropy` for the
+    language-modelling loss), so that a loss holds O(chunk x V) at a time. ``shape`` and ``dim``
+    are those of the logits it stands for.
+    """
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.hidden.shape[:-1], self.weight.shape[0]))
+
+    def dim(self) -> int:
+        return self.hidden.dim()
+
+    def detach(self) -> LinearLogits:
+        """The same logits cut from the graph (a teacher's side)."""
+        return LinearLogits(self.hidden.detach(), self.weight.detach(),
+                            None if self.bias is None else self.bias.detach())
+
+    def materialize(self) -> torch.Tensor:
+        """The whole logits tensor (for evaluation and tests, not for training over a vocabulary)."""
+        return F.linear(self.hidden, self.weight, self.bias)
+
+    def cross_entropy(self, labels: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+        """The mean cross-entropy of the rows whose label (``[...]``, the logits' leading shape) is
+        not -100, as ``F.cross_entropy`` of the whole logits gives it, computed ``chunk_rows`` rows
+        at a time (default: about :data:`CROSS_ENTROPY_CHUNK_ELEMENTS` logits a chunk); each
+        chunk's logits are made again in the backward (activation checkpointing) instead of kept."""
+        vocabulary = self.weight.shape[0]
+        if labels.shape != self.shape[:-1]:
+            raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(self.shape)}")
+        flat = labels.reshape(-1).long()
+        labelled = flat != -100
+        hidden, flat = self.hidden.reshape(-1, self.hidden.shape[-1])[labelled], flat[labelled]
+        if not len(flat):
+            return self.hidden.sum() * 0.0 + self.weight.sum() * 0.0
+        rows = chunk_rows or max(1, CROSS_ENTROPY_CHUNK_ELEMENTS // vocabulary)
+        total = sum(checkpoint(_cross_entropy_sum, hidden[start:start + rows], self.weight, self.bias,
+                               flat[start:start + rows], use_reentrant=False)
+                    for start in range(0, len(flat), rows))
+        return total / len(flat)
+
+
+def takes_linear_logits(loss: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a logit loss that computes itself from :class:`LinearLogits` on both sides (without
+    making the logits), so ``distillation.fused_linear`` may use it."""
+    loss.kd_linear_logits = True  # type: ignore[attr-defined]
+    return loss
+
+
+def linear_logits_taken(loss: Callable[..., Any]) -> bool:
+    """Whether ``loss`` is marked by :func:`takes_linear_logits`."""
+    return bool(getattr(loss, "kd_linear_logits", False))
+
+
+def _cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       labels: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias)
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels, reduction="sum")
 
 
 @dataclass
@@ -131,6 +214,8 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     """Move every tensor in a nested batch to ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, LinearLogits):
+        return LinearLogits(*(to_device(x, device) for x in (batch.hidden, batch.weight, batch.bias)))
     if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, tuple):

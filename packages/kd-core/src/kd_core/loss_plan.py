@@ -20,7 +20,7 @@ from torch import nn
 
 from kd_core.config import DistillationConfig, IntermediateMatch
 from kd_core.errors import ConfigError, ShapeError
-from kd_core.features import FEATURE_KEYS, FeatureNeeds, Features
+from kd_core.features import FEATURE_KEYS, LINEAR_LOGITS, FeatureNeeds, Features, LinearLogits, linear_logits_taken
 from kd_core.normalization import count_items, items_of
 from kd_core.plugins import lookup
 
@@ -60,11 +60,18 @@ class LossPlan(nn.Module):
                 config.kd_loss_weight_scheduler, "weight", "distillation.kd_loss_weight_scheduler")
             self.needs_T.add("logits")
             self.needs_S.add("logits")
+            if config.fused_linear and not linear_logits_taken(self.kd_loss):
+                raise ConfigError(f"distillation.fused_linear: kd_loss_type {config.kd_loss_type!r} reads whole "
+                                  "logits; use kl, ce, reverse_kl or jsd, or leave fused_linear out")
         self.uses_hard_labels = config.hard_label_weight != 0 or config.hard_label_weight_scheduler != "none"
         if self.uses_hard_labels:
             self.hard_weight_scheduler = build_scheduler(
                 config.hard_label_weight_scheduler, "weight", "distillation.hard_label_weight_scheduler")
             self.needs_S.add("logits")
+        if config.fused_linear:
+            for needs in (self.needs_S, self.needs_T):
+                if "logits" in needs:
+                    needs.add(LINEAR_LOGITS)
         matches = list(config.intermediate_matches or [])
         matches += [m if isinstance(m, IntermediateMatch) else IntermediateMatch.from_dict(m)
                     for m in extra_matches]
@@ -145,6 +152,9 @@ class LossPlan(nn.Module):
         labels = _as_list(_either(features_S, features_T, "labels"), len(logits_S))
         total = 0.0
         for l_S, l_T, mask, label in zip(logits_S, logits_T, masks, labels, strict=True):
+            if self.config.fused_linear:
+                _require_linear(l_S, "student")
+                _require_linear(l_T, "teacher")
             l_T = l_T.detach()
             if self.config.probability_shift:
                 if label is None:
@@ -160,7 +170,7 @@ class LossPlan(nn.Module):
     def teacher_needs(self, teacher: str, first: bool) -> FeatureNeeds:
         """What one of several teachers must give: logits for the ensemble, and the features of
         the matches that name it (``first``: the teacher unnamed matches read)."""
-        needs = FeatureNeeds({"logits": set()} if "logits" in self.needs_T else {})
+        needs = FeatureNeeds({key: set() for key in ("logits", LINEAR_LOGITS) if key in self.needs_T})
         for term in self.matches:
             named = term.match.teacher
             if (str(named) == teacher) or (named is None and first):
@@ -206,10 +216,14 @@ def hard_label_loss(features: Features) -> torch.Tensor:
     total = 0.0
     masks = _as_list(features.get("logits_mask"), len(_as_list(logits)))
     for l_S, label, mask in zip(_as_list(logits), _as_list(labels), masks, strict=True):
-        flat_logits = l_S.reshape(-1, l_S.shape[-1]).float()
         flat_labels = label.reshape(-1).long()
         if mask is not None:
             flat_labels = flat_labels.masked_fill(mask.reshape(-1) == 0, -100)
+        if isinstance(l_S, LinearLogits):
+            total = total + l_S.cross_entropy(flat_labels.reshape(label.shape))
+            continue
+        flat_logits = l_S.reshape(-1, l_S.shape[-1])
+        flat_logits = flat_logits.to(torch.promote_types(flat_logits.dtype, torch.float32))
         if (flat_labels != -100).any():
             total = total + F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)
         else:
@@ -247,6 +261,12 @@ def probability_shift(logits_T: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     flat[rows, top] = flat[rows, gold]
     flat[rows, gold] = top_values
     return logits
+
+
+def _require_linear(logits: Any, side: str) -> None:
+    if not isinstance(logits, LinearLogits):
+        raise ConfigError(f"distillation.fused_linear: the {side}'s adaptor gave whole logits, not its last hidden "
+                          "states and LM head (task causal_lm's adaptor gives them); leave fused_linear out")
 
 
 def _check_params(loss: Any, params: dict[str, Any], where: str, fixed: tuple[str, ...]) -> None:

@@ -143,6 +143,9 @@ def _check_sharding(recipe: Recipe) -> None:
     if recipe.training.distributed != "fsdp":
         return
     data, distillation = recipe.data, recipe.distillation
+    if distillation.fused_linear:
+        raise ConfigError("distillation.fused_linear runs a decoder without its LM head, outside the sharded root "
+                          "that FSDP gathers; use training.distributed 'ddp' with it")
     refuse_unsharded({
         "data.validation (scored during training on the main process alone)":
             data is not None and (data.validation is not None or data.validation_split is not None),

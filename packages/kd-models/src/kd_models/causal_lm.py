@@ -56,7 +56,7 @@ from transformers import AutoModelForCausalLM
 
 from kd_core.data import read_records, resolve_path
 from kd_core.errors import ConfigError
-from kd_core.features import TEACHER_LOGITS, Adaptor, FeatureNeeds, to_device
+from kd_core.features import LINEAR_LOGITS, TEACHER_LOGITS, Adaptor, FeatureNeeds, LinearLogits, to_device
 from kd_core.inference import RunSettings, run_model
 from kd_core.labelling import collate_teacher_logits
 from kd_core.metrics import Metric
@@ -93,10 +93,29 @@ def next_token_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE)
 
 
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+"""Config fields of families whose logits are more than the LM head of the last hidden states
+(Gemma 2's soft-capping, Cohere's and Granite's scales): ``fused_linear`` refuses them."""
+
+
 class CausalLMAdaptor(HFAdaptor):
     """The ``hf`` adaptor for causal LMs: ``logits`` [B, L, V], ``labels`` the next token of each
     position (:func:`next_token_labels`) and ``logits_mask`` the positions whose next token is
-    learned."""
+    learned.
+
+    When the loss plan asks for :data:`~kd_core.features.LINEAR_LOGITS`
+    (``distillation.fused_linear``), only the decoder runs (``model.get_decoder()``, without the
+    LM head) and ``logits`` are :class:`~kd_core.features.LinearLogits`: its last hidden states
+    and the head's weight and bias, which the losses apply a chunk of rows at a time.
+    """
+
+    def run(self, model: nn.Module, batch: Any, needs: FeatureNeeds) -> dict[str, Any]:
+        if LINEAR_LOGITS not in needs:
+            return super().run(model, batch, needs)
+        head = linear_head(model)
+        features = super().run(model.get_decoder(), batch, needs)  # head_logits gives the last hidden states
+        features["logits"] = LinearLogits(features["logits"], head.weight, head.bias)
+        return features
 
     def masks(self, batch: Any) -> dict[str, Any]:
         """``inputs_mask``, ``labels`` (the next tokens) and ``logits_mask`` (where one is learned)."""
@@ -108,10 +127,30 @@ class CausalLMAdaptor(HFAdaptor):
         return {**super().__call__(batch, model_outputs), **self.masks(batch)}
 
     def head_logits(self, batch: Any, model_outputs: Any) -> tuple[Any, Any]:
+        """The logits, or a decoder's last hidden states when it ran without its head (:meth:`run`)."""
         logits = getattr(model_outputs, "logits", None)
+        if logits is None:
+            logits = getattr(model_outputs, "last_hidden_state", None)
         if logits is None:
             raise ConfigError(f"task causal_lm reads a causal LM's logits; {type(model_outputs).__name__} has none")
         return logits, None
+
+
+def linear_head(model: nn.Module) -> nn.Linear:
+    """``model``'s LM head, after checking that its logits are that head of the decoder's last
+    hidden states and nothing more (what ``fused_linear`` computes)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear) or not hasattr(model, "get_decoder"):
+        raise ConfigError(f"distillation.fused_linear: {type(model).__name__} has no linear LM head on a decoder "
+                          "(get_output_embeddings, get_decoder); leave fused_linear out")
+    transforms = [name for name in LOGIT_TRANSFORMS if getattr(model.config, name, None) not in (None, 1, 1.0)]
+    if transforms:
+        raise ConfigError(f"distillation.fused_linear: {type(model).__name__} transforms its logits after the head "
+                          f"({', '.join(transforms)}), which the fused loss would leave out; leave fused_linear out")
+    if type(head.weight).__name__ == "DTensor":
+        raise ConfigError("distillation.fused_linear runs the decoder without its head, which a model sharded "
+                          "whole by FSDP cannot; use training.distributed 'ddp' with it")
+    return head
 
 
 GENERATIONS = 3
