@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd_core import ConfigError, DistillationConfig
-from kd_core.features import LinearLogits, to_device
+from kd_core import ConfigError, DistillationConfig, GeneralDistiller, MultiTeacherDistiller, TrainingConfig, lookup
+from kd_core.features import LinearLogits
 from kd_core.loss_plan import hard_label_loss
+from tests.core.models import TinyEncoder
 
 
 def _inputs(bias: bool, seed: int = 0):
@@ -68,14 +69,12 @@ def test_the_hard_label_loss_reads_linear_logits_as_their_logits() -> None:
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_linear_logits_say_the_shape_of_their_logits_and_move_and_detach_whole() -> None:
+def test_linear_logits_say_the_shape_of_their_logits_and_detach_whole() -> None:
     hidden, weight, head_bias, _ = _inputs(True)
     linear = LinearLogits(hidden, weight, head_bias)
     assert linear.shape == (3, 7, 11) and linear.dim() == 3
     detached = linear.detach()
     assert not any(x.requires_grad for x in (detached.hidden, detached.weight, detached.bias))
-    moved = to_device({"logits": linear}, "cpu")["logits"]
-    assert isinstance(moved, LinearLogits) and moved.weight is weight
 
 
 @pytest.mark.parametrize("setting", [{"is_caching_logits": True}, {"teacher_cache_dir": "cache"},
@@ -83,3 +82,19 @@ def test_linear_logits_say_the_shape_of_their_logits_and_move_and_detach_whole()
 def test_fused_linear_refuses_what_reads_or_stores_whole_logits(setting: dict) -> None:
     with pytest.raises(ConfigError, match="fused_linear never makes the logits"):
         DistillationConfig.from_dict({"fused_linear": True, **setting})
+
+
+def test_the_multi_teacher_distiller_refuses_fused_linear_even_for_one_teacher(tmp_path) -> None:
+    adaptor = lookup("adaptors", "features")()
+    with pytest.raises(ConfigError, match="multi-teacher distiller averages whole logits"):
+        MultiTeacherDistiller(TrainingConfig(output_dir=str(tmp_path), progress=False),
+                              DistillationConfig(kd_loss_type="kl", fused_linear=True), {"a": TinyEncoder(width=8)},
+                              TinyEncoder(width=8), adaptor, adaptor)
+
+
+def test_fp16_loss_scaling_is_refused_with_fused_linear(tmp_path) -> None:
+    adaptor = lookup("adaptors", "features")()
+    with pytest.raises(ConfigError, match="use mixed_precision 'bf16' or none"):
+        GeneralDistiller(TrainingConfig(output_dir=str(tmp_path), progress=False, mixed_precision="fp16"),
+                         DistillationConfig(kd_loss_type="kl", fused_linear=True), TinyEncoder(width=8),
+                         TinyEncoder(width=8), adaptor, adaptor)

@@ -128,3 +128,15 @@ def test_stored_logits_refuse_on_policy_batches_and_foreign_files(tmp_path: Path
     with pytest.raises(ConfigError, match="row 1 is not a sequence labelled by kd augment label for task causal_lm"):
         get_task("causal_lm").read(DataFile(path=str(foreign), teacher_logits="teacher_logits"), spec, 24, None,
                                    "data.train")
+
+
+def test_stored_logits_refuse_fused_linear_which_reads_the_teachers_hidden_states(tmp_path: Path,
+                                                                                  llama_dir: Path) -> None:
+    task, spec, _, data = _labelled(tmp_path, llama_dir, None)
+    teacher = task.load_teacher(spec).eval()
+    config = DistillationConfig(temperature=2, kd_loss_type="kl", fused_linear=True)
+    distiller = GeneralDistiller(TrainingConfig(output_dir=str(tmp_path / "run"), progress=False), config, teacher,
+                                 tiny_llama(teacher.config.vocab_size, layers=2, seed=3), CausalLMAdaptor(),
+                                 CausalLMAdaptor())
+    with pytest.raises(ConfigError, match="stored teacher logits"):
+        distiller.compute_losses(task.collator(spec)([data[i] for i in range(2)]), 0.0)

@@ -64,6 +64,9 @@ class BasicDistiller(Engine):
         if not isinstance(distill_config, DistillationConfig):
             raise TypeError("distill_config must be a kd_core.DistillationConfig, "
                             f"got {type(distill_config).__name__}")
+        if distill_config.fused_linear and train_config.mixed_precision == "fp16":
+            raise ConfigError("distillation.fused_linear computes its gradients inside the loss, where fp16's loss "
+                              "scaling does not reach them; use mixed_precision 'bf16' or none with it")
         self.d_config = distill_config
         self.model_T = model_T
         self.adaptor_T = as_adaptor(adaptor_T)
@@ -141,6 +144,9 @@ class BasicDistiller(Engine):
         stored = batch.get(TEACHER_LOGITS) if isinstance(batch, Mapping) else None
         if stored is None:
             return self.run_teacher("teacher", self.model_T, self.adaptor_T, batch, needs)
+        if self.d_config.fused_linear:
+            raise ConfigError("distillation.fused_linear reads the teacher's hidden states and LM head, and the "
+                              "data holds stored teacher logits (teacher_logits); leave out one or the other")
         others = FeatureNeeds({f: layers for f, layers in needs.layers.items() if f != "logits"})
         features = self.run_teacher("teacher", self.model_T, self.adaptor_T, batch, others) if others.layers else {}
         return {**features, "logits": stored}
@@ -188,9 +194,9 @@ class MultiTeacherDistiller(GeneralDistiller):
         teachers = dict(model_T) if isinstance(model_T, Mapping) else {str(i): m for i, m in enumerate(model_T)}
         if not teachers:
             raise ConfigError("MultiTeacherDistiller needs at least one teacher")
-        if distill_config.fused_linear and len(teachers) > 1:
-            raise ConfigError("distillation.fused_linear reads one teacher's hidden states and LM head; several "
-                              "teachers are averaged as whole logits: leave fused_linear out")
+        if distill_config.fused_linear:
+            raise ConfigError("distillation.fused_linear reads one teacher's hidden states and LM head; the "
+                              "multi-teacher distiller averages whole logits: leave fused_linear out")
         names = list(teachers)
         adaptors = list(adaptor_T) if isinstance(adaptor_T, (list, tuple)) else [adaptor_T] * len(names)
         if len(adaptors) != len(names):

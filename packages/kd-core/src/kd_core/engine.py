@@ -401,6 +401,7 @@ class Engine:
             "validation during training (score the saved student afterwards)": validation is not None,
             "a batch_postprocessor (such as on-policy sampling)": batch_postprocessor is not None,
             "the teacher cache": bool(getattr(self, "teacher_caches", None))})
+        sharding.refuse_fused_linear(getattr(getattr(self, "d_config", None), "fused_linear", False))
         originals = self.sharded_models()
         trained = dict(originals["student"].named_parameters())  # before they move to the meta device
         self._shards = {role: sharding.ShardedModel(model, self.device) for role, model in originals.items()}

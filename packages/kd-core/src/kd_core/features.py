@@ -46,10 +46,11 @@ LINEAR_LOGITS = "linear_logits"
 """The need (a :class:`FeatureNeeds` key) for ``logits`` given as :class:`LinearLogits`."""
 
 CROSS_ENTROPY_CHUNK_ELEMENTS = 2**22
-"""Logits per chunk of :meth:`LinearLogits.cross_entropy` (16 MiB of fp32)."""
+"""Logits per chunk of :meth:`LinearLogits.cross_entropy` (16 MiB of fp32; kd_kernels' losses,
+which kd-core does not import, use chunks of the same size)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LinearLogits:
     """Logits ``hidden @ weight.T + bias`` that are never made whole: a decoder LM's last hidden
     states ``[..., d]`` and its LM head (``weight`` [V, d], ``bias`` [V] or None).
@@ -89,15 +90,17 @@ class LinearLogits:
         vocabulary = self.weight.shape[0]
         if labels.shape != self.shape[:-1]:
             raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(self.shape)}")
+        rows = chunk_rows or max(1, CROSS_ENTROPY_CHUNK_ELEMENTS // vocabulary)
+        if rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
         flat = labels.reshape(-1).long()
         labelled = flat != -100
         hidden, flat = self.hidden.reshape(-1, self.hidden.shape[-1])[labelled], flat[labelled]
         if not len(flat):
-            return self.hidden.sum() * 0.0 + self.weight.sum() * 0.0
-        rows = chunk_rows or max(1, CROSS_ENTROPY_CHUNK_ELEMENTS // vocabulary)
-        total = sum(checkpoint(_cross_entropy_sum, hidden[start:start + rows], self.weight, self.bias,
-                               flat[start:start + rows], use_reentrant=False)
-                    for start in range(0, len(flat), rows))
+            return sum(x.sum() * 0.0 for x in (self.hidden, self.weight, self.bias) if x is not None)
+        total = sum(checkpoint(_cross_entropy_sum, piece, self.weight, self.bias, targets, use_reentrant=False,
+                               preserve_rng_state=False)
+                    for piece, targets in zip(hidden.split(rows), flat.split(rows), strict=True))
         return total / len(flat)
 
 
@@ -108,7 +111,7 @@ def takes_linear_logits(loss: Callable[..., Any]) -> Callable[..., Any]:
     return loss
 
 
-def linear_logits_taken(loss: Callable[..., Any]) -> bool:
+def accepts_linear_logits(loss: Callable[..., Any]) -> bool:
     """Whether ``loss`` is marked by :func:`takes_linear_logits`."""
     return bool(getattr(loss, "kd_linear_logits", False))
 
@@ -214,8 +217,6 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     """Move every tensor in a nested batch to ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
-    if isinstance(batch, LinearLogits):
-        return LinearLogits(*(to_device(x, device) for x in (batch.hidden, batch.weight, batch.bias)))
     if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, tuple):

@@ -20,7 +20,7 @@ from torch import nn
 
 from kd_core.config import DistillationConfig, IntermediateMatch
 from kd_core.errors import ConfigError, ShapeError
-from kd_core.features import FEATURE_KEYS, LINEAR_LOGITS, FeatureNeeds, Features, LinearLogits, linear_logits_taken
+from kd_core.features import FEATURE_KEYS, LINEAR_LOGITS, FeatureNeeds, Features, LinearLogits, accepts_linear_logits
 from kd_core.normalization import count_items, items_of
 from kd_core.plugins import lookup
 
@@ -60,7 +60,7 @@ class LossPlan(nn.Module):
                 config.kd_loss_weight_scheduler, "weight", "distillation.kd_loss_weight_scheduler")
             self.needs_T.add("logits")
             self.needs_S.add("logits")
-            if config.fused_linear and not linear_logits_taken(self.kd_loss):
+            if config.fused_linear and not accepts_linear_logits(self.kd_loss):
                 raise ConfigError(f"distillation.fused_linear: kd_loss_type {config.kd_loss_type!r} reads whole "
                                   "logits; use kl, ce, reverse_kl or jsd, or leave fused_linear out")
         self.uses_hard_labels = config.hard_label_weight != 0 or config.hard_label_weight_scheduler != "none"
@@ -170,7 +170,7 @@ class LossPlan(nn.Module):
     def teacher_needs(self, teacher: str, first: bool) -> FeatureNeeds:
         """What one of several teachers must give: logits for the ensemble, and the features of
         the matches that name it (``first``: the teacher unnamed matches read)."""
-        needs = FeatureNeeds({key: set() for key in ("logits", LINEAR_LOGITS) if key in self.needs_T})
+        needs = FeatureNeeds({"logits": set()} if "logits" in self.needs_T else {})
         for term in self.matches:
             named = term.match.teacher
             if (str(named) == teacher) or (named is None and first):

@@ -34,11 +34,11 @@ from kd_core.assembly import (
 )
 from kd_core.engine import seed_everything
 from kd_core.errors import ConfigError
-from kd_core.features import FeatureNeeds, Features, to_device, trim_padding
+from kd_core.features import FeatureNeeds, Features, LinearLogits, to_device, trim_padding
 from kd_core.loss_plan import LossPlan, hard_label_loss
 from kd_core.plugins import lookup
 from kd_core.schema import Recipe, TrainingSpec
-from kd_core.sharding import refuse_unsharded
+from kd_core.sharding import refuse_fused_linear, refuse_unsharded
 from kd_core.tasks import PreparedData, Task, eval_metrics, get_metric, prepare_data
 
 
@@ -143,9 +143,7 @@ def _check_sharding(recipe: Recipe) -> None:
     if recipe.training.distributed != "fsdp":
         return
     data, distillation = recipe.data, recipe.distillation
-    if distillation.fused_linear:
-        raise ConfigError("distillation.fused_linear runs a decoder without its LM head, outside the sharded root "
-                          "that FSDP gathers; use training.distributed 'ddp' with it")
+    refuse_fused_linear(distillation.fused_linear)
     refuse_unsharded({
         "data.validation (scored during training on the main process alone)":
             data is not None and (data.validation is not None or data.validation_split is not None),
@@ -256,6 +254,8 @@ def _describe(features: Features, feature: str | list[str], layer: int | list[in
 def _shape(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return "x".join(str(n) for n in value.shape)
+    if isinstance(value, LinearLogits):
+        return f"{_shape(value.hidden)} hidden states x {_shape(value.weight)} head"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_shape(v) for v in value) + "]"
     return "-"

@@ -59,6 +59,14 @@ def refuse_unsharded(unsupported: dict[str, bool]) -> None:
                           f"{'; '.join(named)} would not; leave it out, or use 'ddp'")
 
 
+def refuse_fused_linear(fused_linear: bool) -> None:
+    """Raise a ConfigError for ``distillation.fused_linear`` under FSDP: it runs a decoder without
+    its LM head, outside the sharded root whose forward gathers the root's parameters."""
+    if fused_linear:
+        raise ConfigError("distillation.fused_linear runs a decoder without its LM head, outside the sharded root "
+                          "that FSDP gathers; use training.distributed 'ddp' with it")
+
+
 def shard(module: nn.Module) -> None:
     """Shard ``module`` in place with FSDP2: each element of each ``nn.ModuleList``, then the root."""
     fully_shard = _fsdp()

@@ -31,6 +31,7 @@ from kd_losses.checks import ranks, row_mask, same_shape, temperature_rows
 _LOGITS = "[B, C] or [B, L, C] logits"
 _MASK = "[B] or [B, L] row mask"
 Temperature = float | torch.Tensor
+Logits = torch.Tensor | LinearLogits
 
 
 def _check(name: str, logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None,
@@ -63,7 +64,7 @@ def _is_linear(*sides: object) -> bool:
 
 @averages_over("rows")
 @takes_linear_logits
-def ce(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
+def ce(logits_S: Logits, logits_T: Logits, mask: torch.Tensor | None = None,
        temperature: Temperature = 1.0) -> torch.Tensor:
     """Soft cross-entropy ``mean_rows -sum_c p_T log p_S`` with ``p = softmax(z / T)`` and no T^2
     factor (TextBrewer's ``ce``, Yang et al. 2020). Logits [B, C] or [B, L, C], mask [B] or [B, L],
@@ -77,7 +78,7 @@ def ce(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None
 
 @averages_over("rows")
 @takes_linear_logits
-def kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
+def kl(logits_S: Logits, logits_T: Logits, mask: torch.Tensor | None = None,
        temperature: Temperature = 1.0) -> torch.Tensor:
     """``T^2 * mean_rows KL(p_T || p_S)`` (Hinton et al. 2015); the T^2 keeps gradient
     magnitudes comparable across temperatures. Equals ``T^2 * (ce - H(p_T))``, so it reaches 0 when
@@ -100,7 +101,7 @@ def mse(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | Non
 
 @averages_over("rows")
 @takes_linear_logits
-def reverse_kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
+def reverse_kl(logits_S: Logits, logits_T: Logits, mask: torch.Tensor | None = None,
                temperature: Temperature = 1.0) -> torch.Tensor:
     """``T^2 * mean_rows KL(p_S || p_T)``, mode-seeking (MiniLLM, Gu et al. 2024): the student
     puts its mass where the teacher is confident rather than covering the teacher's tail.
@@ -113,7 +114,7 @@ def reverse_kl(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tenso
 
 @averages_over("rows")
 @takes_linear_logits
-def jsd(logits_S: torch.Tensor, logits_T: torch.Tensor, mask: torch.Tensor | None = None,
+def jsd(logits_S: Logits, logits_T: Logits, mask: torch.Tensor | None = None,
         temperature: Temperature = 1.0, beta: float = 0.5) -> torch.Tensor:
     """Generalised Jensen-Shannon divergence (GKD, Agarwal et al. 2024):
     ``T^2 * mean_rows [beta KL(p_T || m) + (1 - beta) KL(p_S || m)]``, ``m = beta p_T +

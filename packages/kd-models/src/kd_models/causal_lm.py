@@ -93,9 +93,9 @@ def next_token_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE)
 
 
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
 """Config fields of families whose logits are more than the LM head of the last hidden states
-(Gemma 2's soft-capping, Cohere's and Granite's scales): ``fused_linear`` refuses them."""
+(Gemma 2's soft-capping, Cohere's, Granite's and Falcon-H1's scales): ``fused_linear`` refuses them."""
 
 
 class CausalLMAdaptor(HFAdaptor):
@@ -113,7 +113,8 @@ class CausalLMAdaptor(HFAdaptor):
         if LINEAR_LOGITS not in needs:
             return super().run(model, batch, needs)
         head = linear_head(model)
-        features = super().run(model.get_decoder(), batch, needs)  # head_logits gives the last hidden states
+        decoder_needs = FeatureNeeds({k: v for k, v in needs.layers.items() if k != LINEAR_LOGITS})
+        features = _DecoderAdaptor(self.model_kwargs).run(model.get_decoder(), batch, decoder_needs)
         features["logits"] = LinearLogits(features["logits"], head.weight, head.bias)
         return features
 
@@ -127,29 +128,31 @@ class CausalLMAdaptor(HFAdaptor):
         return {**super().__call__(batch, model_outputs), **self.masks(batch)}
 
     def head_logits(self, batch: Any, model_outputs: Any) -> tuple[Any, Any]:
-        """The logits, or a decoder's last hidden states when it ran without its head (:meth:`run`)."""
         logits = getattr(model_outputs, "logits", None)
-        if logits is None:
-            logits = getattr(model_outputs, "last_hidden_state", None)
         if logits is None:
             raise ConfigError(f"task causal_lm reads a causal LM's logits; {type(model_outputs).__name__} has none")
         return logits, None
+
+
+class _DecoderAdaptor(CausalLMAdaptor):
+    """A decoder's features without its head: the last hidden states where the logits would be
+    (:meth:`CausalLMAdaptor.run` pairs them with the head)."""
+
+    def head_logits(self, batch: Any, model_outputs: Any) -> tuple[Any, Any]:
+        return model_outputs.last_hidden_state, None
 
 
 def linear_head(model: nn.Module) -> nn.Linear:
     """``model``'s LM head, after checking that its logits are that head of the decoder's last
     hidden states and nothing more (what ``fused_linear`` computes)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, nn.Linear) or not hasattr(model, "get_decoder"):
+    if not isinstance(head, nn.Linear) or getattr(model, "get_decoder", lambda: model)() is model:
         raise ConfigError(f"distillation.fused_linear: {type(model).__name__} has no linear LM head on a decoder "
                           "(get_output_embeddings, get_decoder); leave fused_linear out")
     transforms = [name for name in LOGIT_TRANSFORMS if getattr(model.config, name, None) not in (None, 1, 1.0)]
     if transforms:
         raise ConfigError(f"distillation.fused_linear: {type(model).__name__} transforms its logits after the head "
                           f"({', '.join(transforms)}), which the fused loss would leave out; leave fused_linear out")
-    if type(head.weight).__name__ == "DTensor":
-        raise ConfigError("distillation.fused_linear runs the decoder without its head, which a model sharded "
-                          "whole by FSDP cannot; use training.distributed 'ddp' with it")
     return head
 
 
