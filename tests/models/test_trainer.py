@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kd_core import DistillationConfig, GeneralDistiller, TrainingConfig
+from kd_core import ConfigError, DistillationConfig, GeneralDistiller, TrainingConfig
 from kd_core.assembly import linear_schedule_with_warmup
 from kd_core.schema import DataFile, ModelSpec
 from kd_models import DistillationTrainer, HFAdaptor
@@ -114,3 +114,32 @@ def test_two_processes_distil_as_one_with_the_global_batch(tiny_teacher_dir: Pat
     assert len(logged_two) == STEPS == len(logged_one)
     for term in ("kd", "hard_label", "match0.hidden_mse"):
         assert logged_two[0][term] == pytest.approx(logged_one[0][term], rel=1e-5), "terms are means over processes"
+
+
+def test_accumulated_micro_batches_distil_as_one_batch_of_their_rows(setup, tmp_path: Path) -> None:
+    """2 accumulated micro-batches of 2 sentences end where batches of 4 end: every term (the
+    hidden states' over real tokens, of sentences of different lengths) is a mean over the step's
+    items, not a mean of the micro-batches' means."""
+    teacher, student, data, collate = setup
+    students, logs = {}, {}
+    for name, batch, accumulate in (("whole", BATCH, 1), ("accumulated", BATCH // 2, 2)):
+        model = copy.deepcopy(student)
+        trainer = DistillationTrainer(model=model, teacher_model=teacher, distillation=DISTILLATION,
+                                      args=arguments(tmp_path / name, per_device_train_batch_size=batch,
+                                                     gradient_accumulation_steps=accumulate),
+                                      train_dataset=data, data_collator=collate)  # projections from args.seed
+        trainer.train()
+        students[name] = model.state_dict()
+        logs[name] = [entry for entry in trainer.state.log_history if "kd" in entry]
+    apart = max(float((students["whole"][k] - students["accumulated"][k]).abs().max()) for k in students["whole"])
+    assert apart < 1e-5, apart
+    for term in ("loss", "kd", "hard_label", "match0.hidden_mse"):
+        assert logs["accumulated"][0][term] == pytest.approx(logs["whole"][0][term], rel=1e-5), term
+
+
+def test_the_trainer_refuses_fused_linear_whose_decoder_call_would_go_around_its_wrapping(setup,
+                                                                                       tmp_path: Path) -> None:
+    teacher, student, data, collate = setup
+    with pytest.raises(ConfigError, match=r"does not take distillation\.fused_linear"):
+        DistillationTrainer(model=student, teacher_model=teacher, distillation={**DISTILLATION, "fused_linear": True},
+                            args=arguments(tmp_path), train_dataset=data, data_collator=collate)

@@ -14,8 +14,13 @@ gradient accumulation, mixed precision, checkpoints, logging. What kd adds to th
   DistributedDataParallel, which knows nothing of the projections: they start from the main
   process's weights and their gradients are averaged across processes before clipping, as the
   student's are;
-- every loss term is logged beside the Trainer's ``loss`` (its mean over the micro-batches, and
-  the processes, since the last log), so TensorBoard, W&B or any ``report_to`` sees them;
+- every loss term is a mean over the items of the whole optimizer step (its real tokens, say),
+  across the step's accumulated micro-batches and every process, as in kd's engine
+  (:mod:`kd_core.normalization`), not the Trainer's mean of micro-batch means: the step's
+  micro-batches are counted when the Trainer draws them (``get_batch_samples``), and each
+  micro-batch's terms are weighted by their share of the step's items;
+- every loss term is logged beside the Trainer's ``loss`` (its mean over the optimizer steps
+  since the last log), so TensorBoard, W&B or any ``report_to`` sees them;
 - the teacher is moved to the Trainer's device, in inference mode, and never optimised.
 
 Adding distillation to a Trainer script::
@@ -28,6 +33,8 @@ Adding distillation to a Trainer script::
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +46,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from kd_core import distributed
 from kd_core.config import DistillationConfig, TrainingConfig
 from kd_core.distillers import GeneralDistiller
-from kd_core.features import Adaptor
+from kd_core.errors import ConfigError
+from kd_core.features import Adaptor, batch_rows
+from kd_core.normalization import BATCH_ROWS, step_weights, weight_of
 from kd_core.tasks import get_task
 
 LOSS_PLAN_FILE = "kd_loss_plan.pt"
@@ -81,6 +90,10 @@ class DistillationTrainer(Trainer):
             raise TypeError("DistillationTrainer needs model (the student), teacher_model and distillation")
         config = distillation if isinstance(distillation, DistillationConfig) else \
             DistillationConfig.from_dict(distillation)
+        if config.fused_linear:
+            raise ConfigError("DistillationTrainer does not take distillation.fused_linear: the Trainer wraps and "
+                              "autocasts the model's forward, which running the decoder alone would go around; "
+                              "distil with kd distill or kd's distillers for it")
         registered = get_task(task)
         super().__init__(model=model, **kwargs)
         self.distiller = GeneralDistiller(
@@ -92,9 +105,10 @@ class DistillationTrainer(Trainer):
         self.processes.broadcast_module(self.distiller.loss_plan)
         self.add_callback(_ProjectionGradients(self))
         teacher_model.requires_grad_(False)
-        self.loss_is_scaled_for_ga = False  # a mean per micro-batch: the Trainer divides by the accumulation
+        self.loss_is_scaled_for_ga = True  # each micro-batch's terms carry their share of the step (compute_loss)
+        self._shares: deque[dict[str, float]] = deque()
         self._term_sums: dict[str, float] = {}
-        self._term_batches = 0
+        self._term_steps = 0
 
     @property
     def loss_plan(self) -> nn.Module:
@@ -123,33 +137,53 @@ class DistillationTrainer(Trainer):
             return super()._clip_grad_norm(model)
         return self.accelerator.clip_grad_norm_([*model.parameters(), *projections], self.args.max_grad_norm)
 
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int,
+                          device: torch.device) -> tuple[list, None]:
+        """The Trainer's micro-batches of one optimizer step; their terms' shares of the step's
+        items over every process are kept for :meth:`compute_loss`."""
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts = [{**self.distiller.item_counts(batch), BATCH_ROWS: float(batch_rows(batch))} for batch in batches]
+        self._shares = deque(step_weights(counts, self.processes.sum_counts, self.processes.world_size))
+        self._term_steps += bool(batches)
+        return batches, None
+
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """The weighted sum of kd's loss terms for one micro-batch (a mean over its rows); with
-        ``return_outputs``, the student's logits too (what ``evaluate``'s metrics read)."""
+        """kd's loss terms for one micro-batch: in training each weighted by the micro-batch's share
+        of the step's items (so the step's sum is their mean over the step), in evaluation their
+        plain sum; with ``return_outputs``, the student's logits too (what ``evaluate``'s metrics
+        read)."""
         max_steps = self.state.max_steps or 0
         progress = self.state.global_step / max_steps if max_steps else 0.0
         distiller = self.distiller
         features_T = distiller.teacher_features(inputs)
         features_S = distiller.adaptor_S.run(model, inputs, distiller.loss_plan.needs_S)
         terms = distiller.loss_plan(features_S, features_T, progress)
-        loss = sum(terms.values())
-        if model.training:
-            for name, value in terms.items():
+        if not model.training:
+            loss = sum(terms.values())
+        elif not self._shares:
+            raise RuntimeError("DistillationTrainer.compute_loss in training weighs each micro-batch by its share of "
+                               "the optimizer step, which get_batch_samples counts; train with trainer.train()")
+        else:
+            shares = self._shares.popleft()
+            weighted = {name: weight_of(shares, name) * value for name, value in terms.items()}
+            for name, value in weighted.items():
                 self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value.detach())
-            self._term_batches += 1
+            loss = sum(weighted.values())
         return (loss, {"logits": features_S["logits"]}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """The Trainer's logs, with each loss term's mean since the last log over the micro-batches
-        of every process (training logs only; every process logs at the same steps)."""
-        if "loss" in logs and self._term_batches:
+        """The Trainer's logs, with each loss term's mean over the optimizer steps since the last
+        log, each step's term the mean over its items on every process (training logs only; every
+        process logs at the same steps)."""
+        if "loss" in logs and self._term_steps:
             names = sorted(self._term_sums)
             sums = self.processes.sum(torch.tensor([self._term_sums[name] for name in names], dtype=torch.float64,
                                                    device=self.args.device))
-            means = (sums / (self._term_batches * self.processes.world_size)).tolist()
+            # each process's shares carry the world size (DDP averages gradients over processes)
+            means = (sums / (self._term_steps * self.processes.world_size)).tolist()
             logs = {**logs, **dict(zip(names, means, strict=True))}
-            self._term_sums, self._term_batches = {}, 0
+            self._term_sums, self._term_steps = {}, 0
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
