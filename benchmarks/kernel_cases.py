@@ -111,18 +111,23 @@ def linear_inputs() -> tuple[torch.Tensor, ...]:
 
 
 def linear_implementations(name: str) -> dict[str, Callable]:
-    """``kd`` (:func:`kd_kernels.fused_linear` of the reference loss) and ``eager`` (the logits of
-    both heads, then the eager loss of :func:`token_implementations`), each called as
+    """``kd`` (:func:`kd_kernels.fused_linear` of the reference loss) and, from the logits of both
+    heads, the peers of :func:`token_implementations`: ``eager``, ``compiled`` (torch.compile of
+    the heads and the eager loss together) and ``trl``; each called as
     ``f(hidden_S, weight_S, hidden_T, weight_T, temperature)``."""
-    loss, eager = reference_loss(name), _eager(name)
+    loss = reference_loss(name)
 
     def fused(hidden_S, weight_S, hidden_T, weight_T, temperature):
         return kd_kernels.fused_linear(loss, hidden_S, weight_S, hidden_T, weight_T, temperature)
 
-    def logits_first(hidden_S, weight_S, hidden_T, weight_T, temperature):
-        return eager(hidden_S @ weight_S.T, hidden_T @ weight_T.T, temperature)
+    def logits_first(divergence: Callable) -> Callable:
+        def run(hidden_S, weight_S, hidden_T, weight_T, temperature):
+            return divergence(hidden_S @ weight_S.T, hidden_T @ weight_T.T, temperature)
+        return run
 
-    return {"kd": fused, "eager": logits_first}
+    eager = logits_first(_eager(name))
+    return {"kd": fused, "eager": eager, "compiled": torch.compile(eager),
+            "trl": logits_first(functools.partial(_trl, beta=TOKEN_LOSSES[name]))}
 
 
 def linear_step(function: Callable, hidden_S: torch.Tensor, weight_S: torch.Tensor, hidden_T: torch.Tensor,

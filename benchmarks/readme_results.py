@@ -273,14 +273,20 @@ def small_tasks(results: dict[str, Any], source: str) -> list[str]:
 
 
 def causal_lm(results: dict[str, Any], source: str) -> list[str]:
-    """Decoder distillation: held-out perplexity and next-token accuracy of the teacher, of the
-    untrained layer copy and of the student trained for the same steps distilled and on the plain
-    LM loss; then one training step's time and peak memory with kd's loss and with TRL's."""
-    teacher = results["teacher"]["metrics"]
+    """Decoder distillation: held-out perplexity and next-token accuracy of the teacher before and
+    after its fine-tuning, of the untrained layer copy and of the student trained for the same steps
+    distilled and on the plain LM loss; then one training step's time and peak memory with kd's
+    loss and with TRL's."""
+    teacher, pretrained = results["teacher"]["metrics"], results["teacher_pretrained"]["metrics"]
+    finetune = results["teacher_finetune"]
     sizes = f"{results['student_params']:,} ({results['student_non_embedding_params']:,})"
-    rows = [["teacher: SmolLM2-135M, 30 layers", _perplexity(teacher["perplexity"]), f"{teacher['accuracy']:.3f}", "",
-             f"{results['teacher_params']:,} ({results['teacher_non_embedding_params']:,})", ""]]
-    titles = {"layer_copy": "student: 10 layers copied (uniform), untrained",
+    teacher_sizes = f"{results['teacher_params']:,} ({results['teacher_non_embedding_params']:,})"
+    rows = [["teacher: SmolLM2-135M, 30 layers, pre-trained", _perplexity(pretrained["perplexity"]),
+             f"{pretrained['accuracy']:.3f}", "", teacher_sizes, ""],
+            [f"teacher fine-tuned on the training text (LM loss, learning rate {finetune['learning_rate']:g})",
+             _perplexity(teacher["perplexity"]), f"{teacher['accuracy']:.3f}", "", teacher_sizes,
+             f"{finetune['num_steps']:,} ({_minutes(finetune['seconds'])})"]]
+    titles = {"layer_copy": "student: 10 layers copied (uniform) from the fine-tuned teacher, untrained",
               "distilled": "student distilled: forward KL at T = 1 + 0.5 x LM loss",
               "lm_loss": "student on the plain LM loss",
               "gkd": f"student distilled on-policy (GKD, lambda = {results['gkd_lambda']}): forward KL, no LM loss"}
@@ -296,12 +302,14 @@ def causal_lm(results: dict[str, Any], source: str) -> list[str]:
              for name, s in (("kd (`kl`: fused `softmax_kl`)", step["kd"]),
                              ("TRL `generalized_jsd_loss`, beta = 0, x T^2", step["trl"]))]
     ratio = step["trl"]["seconds"] / step["kd"]["seconds"]
-    return [f"Measured on {results['date']} by `python -m benchmarks.causal_lm` ({source}, "
-            f"{_machine(results['machine'])}, {_minutes(results['wall_seconds'])} in all; {results['recipe']}). "
+    return [f"Measured on {results['date']} by `python -m benchmarks.causal_lm --minutes {results['minutes']:g}` "
+            f"({source}, "
+            f"{_machine(results['machine'])}, {_minutes(results['wall_seconds'])} besides the teacher's "
+            f"fine-tuning; {results['recipe']}). "
             f"Trained on WikiText-2's validation split in batches of {batch} x {length} tokens, every student for "
             f"the same {results['steps']:,} steps; perplexity and next-token accuracy on the first 300 lines of its "
-            "test split; retention is the teacher's perplexity over the model's; parameters with the non-embedding "
-            "ones in brackets.", "",
+            "test split; retention is the fine-tuned teacher's perplexity over the model's; parameters with the "
+            "non-embedding ones in brackets.", "",
             *_table(["model", "perplexity", "next-token accuracy", "retention", "params", "steps (time)"], rows), "",
             f"One training step of the distilled student (forward, loss against stored teacher logits over "
             f"{batch} x {length} x 49,152, backward, AdamW) with each loss, on the same batch: median seconds of "
@@ -324,20 +332,21 @@ def _text(text: str) -> str:
     return " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
-def token_losses(results: dict[str, Any], source: str) -> list[str]:
+def token_losses(results: dict[str, Any], source: str, selection: str = "token") -> list[str]:
     """Token-level divergences over a 49,152 vocabulary (a pytest-benchmark file of the kernel
-    suite's token cases): time and peak extra memory of kd's loss and its peers, each case's
-    ratios within that one run."""
+    suite's cases ``-k selection``): time and peak extra memory of kd's loss and its peers, each
+    case's ratios within that one run."""
     machine = results["machine_info"]
     lines = [f"Measured on {results['datetime'][:10]} by "
-             "`pytest benchmarks/test_kernels.py -k \"token or fused_linear\" "
+             f"`pytest benchmarks/test_kernels.py -k {selection} "
              f"--benchmark-enable --benchmark-json={source}` ({machine['cpu']['brand_raw']}, "
              f"{machine['cpu']['count']} cores): forward+backward of one loss, mean of 3 timed rounds after one "
              "warm-up; peak extra memory beyond the inputs and the gradients autograd returns, in a fresh process "
              "(benchmarks/memory_probe.py).", ""]
     groups: dict[str, dict[str, dict[str, Any]]] = {}
     for bench in results["benchmarks"]:
-        groups.setdefault(bench["group"], {})[bench["params"]["impl"]] = bench
+        if selection in bench["name"]:
+            groups.setdefault(bench["group"], {})[bench["params"]["impl"]] = bench
     rows = []
     for group, impls in groups.items():
         base = impls["kd"]
@@ -347,6 +356,11 @@ def token_losses(results: dict[str, Any], source: str) -> list[str]:
             share = "" if impl == "kd" else f" ({base['extra_info']['peak_extra_mib'] / max(memory, 0.1):.3f} of it)"
             rows.append([f"`{group}`", impl, f"{bench['stats']['mean']:.2f} s{ratio}", f"{memory:,.1f} MiB{share}"])
     return lines + _table(["case", "implementation", "time (x kd)", "peak extra memory (kd's share)"], rows)
+
+
+def fused_linear_losses(results: dict[str, Any], source: str) -> list[str]:
+    """:func:`token_losses` of the kernel suite's fused-linear cases (hidden states and LM heads)."""
+    return token_losses(results, source, "fused_linear")
 
 
 BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
@@ -363,6 +377,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any], str], list[str]]]] = {
     "small_tasks": ("small-tasks-cpu-x86_64-2cores.json", small_tasks),
     "causal_lm": ("causal-lm-cpu-x86_64-2cores.json", causal_lm),
     "token_losses": ("token-losses-cpu-x86_64-2cores.json", token_losses),
+    "fused_linear_losses": ("fused-linear-losses-cpu-x86_64-2cores.json", fused_linear_losses),
 }
 """Each README block: the results file it is rendered from, and how."""
 

@@ -93,7 +93,7 @@ def heads():
     return linear_inputs()
 
 
-@pytest.mark.parametrize("impl", ["kd", "eager"])
+@pytest.mark.parametrize("impl", ["kd", "eager", "compiled", "trl"])
 @pytest.mark.parametrize("loss", list(TOKEN_LOSSES))
 def test_fused_linear_divergence_forward_backward(benchmark, heads, loss: str, impl: str) -> None:
     benchmark.group = f"{loss} from hidden [4096, 576] and heads [49152, 576] T=2, forward+backward"
