@@ -29,7 +29,7 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,11 @@ class Engine:
         the batch's rows. The engine weighs every term of a micro-batch by its share of the whole
         optimizer step's items."""
         return {}
+
+    def step_counts(self, batches: Sequence[Any]) -> list[dict[str, float]]:
+        """:meth:`item_counts` of each micro-batch of one optimizer step, with its rows under
+        :data:`~kd_core.normalization.BATCH_ROWS` (what :func:`~kd_core.normalization.step_weights` reads)."""
+        return [{**self.item_counts(batch), BATCH_ROWS: float(batch_rows(batch))} for batch in batches]
 
     def sharded_models(self) -> dict[str, nn.Module]:
         """The models ``training.distributed: fsdp`` shards, by role: the student, and the
@@ -255,7 +260,7 @@ class Engine:
                         position.epoch += 1
                         position.batch_in_epoch = 0
                         break
-                    counts = [{**self.item_counts(batch), BATCH_ROWS: float(batch_rows(batch))} for batch in group]
+                    counts = self.step_counts(group)
                     step_shares = step_weights(counts, self.dist.sum_counts, self.dist.world_size)
                     own_shares = step_weights(counts, dict, 1)  # what this process logs
                     for batch, shares, own in zip(group, step_shares, own_shares, strict=True):

@@ -47,8 +47,8 @@ from kd_core import distributed
 from kd_core.config import DistillationConfig, TrainingConfig
 from kd_core.distillers import GeneralDistiller
 from kd_core.errors import ConfigError
-from kd_core.features import Adaptor, batch_rows
-from kd_core.normalization import BATCH_ROWS, step_weights, weight_of
+from kd_core.features import Adaptor
+from kd_core.normalization import step_weights, weight_of
 from kd_core.tasks import get_task
 
 LOSS_PLAN_FILE = "kd_loss_plan.pt"
@@ -142,7 +142,7 @@ class DistillationTrainer(Trainer):
         """The Trainer's micro-batches of one optimizer step; their terms' shares of the step's
         items over every process are kept for :meth:`compute_loss`."""
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        counts = [{**self.distiller.item_counts(batch), BATCH_ROWS: float(batch_rows(batch))} for batch in batches]
+        counts = self.distiller.step_counts(batches)
         self._shares = deque(step_weights(counts, self.processes.sum_counts, self.processes.world_size))
         self._term_steps += bool(batches)
         return batches, None
